@@ -1,0 +1,1 @@
+"""UniMMAD in PyTorch: config, backbones, the network, losses, training and evaluation."""
