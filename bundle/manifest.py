@@ -1,0 +1,254 @@
+"""Pydantic models of ``manifest.json``: the single definition the exporter writes and the service reads.
+
+Every model forbids unknown keys so that a typo in an exporter, or a bundle from a newer format,
+fails loudly instead of being half-understood. ``bundle/manifest.schema.json`` is generated from
+these models (``python -m bundle schema``) and a test keeps it in sync.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from modalities.errors import ModalityError
+from modalities.kinds import KINDS, ModalitySpec
+
+FORMAT_VERSION = 1
+
+GRAPH_KINDS: tuple[str, ...] = ("frozen", "dynamic")
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256 of the file")]
+
+
+def _check_bundle_relative(name: str) -> str:
+    """A file named in the manifest must stay inside the bundle folder."""
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
+        raise ValueError(f"file {name!r} must be a relative path inside the bundle without '..'")
+    return name
+
+
+BundleFile = Annotated[str, AfterValidator(_check_bundle_relative)]
+
+
+def _check_finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+FiniteFloat = Annotated[float, AfterValidator(_check_finite)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Normalization(_Strict):
+    """Per-channel constants applied to rgb/gray modalities after scaling to [0, 1]."""
+
+    mean: tuple[FiniteFloat, FiniteFloat, FiniteFloat]
+    std: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+
+
+class ImageScore(_Strict):
+    """How the graph reduces an anomaly map to one image score (spec 8.2, step 5)."""
+
+    reduction: Literal["top_fraction_mean"] = "top_fraction_mean"
+    fraction: float = Field(gt=0, le=1, description="share of the highest pixels that are averaged")
+
+
+class AnomalyMap(_Strict):
+    """How the graph builds the fused map: fusion rule, then a normalised Gaussian blur."""
+
+    fusion: Literal["rss"] = Field(description="root-sum-square over levels and modalities")
+    blur_sigma: float = Field(ge=0)
+    blur_kernel: int = Field(ge=1, description="odd kernel side in pixels")
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> AnomalyMap:
+        if self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be odd, got {self.blur_kernel}")
+        return self
+
+
+class Versions(_Strict):
+    """Library versions the bundle was produced with (provenance, not requirements)."""
+
+    torch: str
+    onnx: str
+    opset: int = Field(ge=1)
+    onnxscript: str | None = None
+    onnxruntime: str | None = None
+    unimmad: str | None = None
+
+
+class TensorSpec(_Strict):
+    """An ONNX graph input or output; symbolic dimensions are names such as ``"batch"``."""
+
+    dtype: Literal["float32", "float16", "int64", "int32", "bool"]
+    shape: list[Annotated[int, Field(ge=0)] | Annotated[str, Field(min_length=1)]]
+
+
+class ExternalData(_Strict):
+    file: BundleFile
+    sha256: Sha256
+
+
+class GraphSpec(_Strict):
+    """One ONNX file of the bundle with everything needed to verify and call it."""
+
+    file: BundleFile
+    sha256: Sha256
+    external_data: list[ExternalData] = Field(default_factory=list)
+    inputs: dict[str, TensorSpec] = Field(min_length=1)
+    outputs: dict[str, TensorSpec] = Field(min_length=1)
+
+
+class Graphs(_Strict):
+    frozen: GraphSpec = Field(description="per-domain folded C-MoE kernels indexed by the `domain` input")
+    dynamic: GraphSpec = Field(description="per-sample routing: the parity reference and fallback")
+
+
+class ModalityEntry(_Strict):
+    """Manifest form of :class:`modalities.kinds.ModalitySpec`, which stays the one definition of a kind."""
+
+    name: str
+    kind: Literal[KINDS]  # type: ignore[valid-type]
+    depth_scale: float | None = Field(default=None, description="only for kind 'depth'")
+
+    @model_validator(mode="after")
+    def _valid_spec(self) -> ModalityEntry:
+        if self.depth_scale is not None and self.kind != "depth":
+            raise ValueError(f"modality {self.name!r}: depth_scale is only meaningful for kind 'depth'")
+        if self.kind == "depth" and self.depth_scale is None:
+            raise ValueError(f"modality {self.name!r}: kind 'depth' needs depth_scale")
+        try:
+            self.to_spec()
+        except ModalityError as exc:
+            raise ValueError(exc.message) from exc
+        return self
+
+    def to_spec(self) -> ModalitySpec:
+        if self.depth_scale is None:
+            return ModalitySpec(name=self.name, kind=self.kind)
+        return ModalitySpec(name=self.name, kind=self.kind, depth_scale=self.depth_scale)
+
+    @classmethod
+    def from_spec(cls, spec: ModalitySpec) -> ModalityEntry:
+        return cls(**spec.to_dict())
+
+
+class ThresholdMethod(_Strict):
+    """How the decision threshold was chosen, so a reader can judge it."""
+
+    method: str = Field(min_length=1, examples=["normal_quantile"])
+    target_fpr: float | None = Field(default=None, ge=0, le=1)
+    n_images: int = Field(ge=0, description="images the threshold was computed from")
+    split: str = Field(min_length=1, examples=["train", "validation"])
+
+
+class RoutingLeaders(_Strict):
+    """The frozen top-K leader experts of one (level, branch, modality slot)."""
+
+    level: int = Field(ge=0)
+    branch: str = Field(min_length=1)
+    slot: int = Field(ge=0)
+    experts: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    scores: list[FiniteFloat] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _paired(self) -> RoutingLeaders:
+        if len(self.experts) != len(self.scores):
+            raise ValueError(f"{len(self.experts)} experts but {len(self.scores)} scores")
+        return self
+
+
+class RoutingSummary(_Strict):
+    """Frozen routing of a domain and how often per-sample routing agreed with it at calibration."""
+
+    agreement: float | None = Field(default=None, ge=0, le=1)
+    leaders: list[RoutingLeaders] = Field(default_factory=list)
+
+
+class DomainSpec(_Strict):
+    index: int = Field(ge=0, description="value of the frozen graph's `domain` input")
+    modalities: list[ModalityEntry] = Field(min_length=1, max_length=4)
+    threshold: FiniteFloat = Field(description="image_score above this is anomalous")
+    threshold_method: ThresholdMethod
+    loss_weight: float | None = Field(default=None, ge=0)
+    routing: RoutingSummary = Field(default_factory=RoutingSummary)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DomainSpec:
+        names = [m.name for m in self.modalities]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"modality names repeated: {', '.join(duplicated)}")
+        return self
+
+    @property
+    def modality_specs(self) -> list[ModalitySpec]:
+        return [m.to_spec() for m in self.modalities]
+
+
+DomainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")]
+
+
+class Manifest(_Strict):
+    """``manifest.json`` of a bundle (format version :data:`FORMAT_VERSION`)."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    model_version: str = Field(min_length=1)
+    preset: str = Field(min_length=1)
+    created_at: AwareDatetime
+    input_size: int = Field(ge=1, description="side S of the square model input")
+    normalization: Normalization
+    image_score: ImageScore
+    anomaly_map: AnomalyMap
+    versions: Versions
+    graphs: Graphs
+    domains: dict[DomainName, DomainSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_indices(self) -> Manifest:
+        seen: dict[int, str] = {}
+        for name, domain in self.domains.items():
+            if domain.index in seen:
+                raise ValueError(f"domains {seen[domain.index]!r} and {name!r} share index {domain.index}")
+            seen[domain.index] = name
+        return self
+
+    def graph(self, kind: str) -> GraphSpec:
+        if kind not in GRAPH_KINDS:
+            raise KeyError(f"unknown graph {kind!r}; expected one of {', '.join(GRAPH_KINDS)}")
+        return getattr(self.graphs, kind)
+
+
+def manifest_json_schema() -> dict:
+    """The JSON schema committed as ``bundle/manifest.schema.json``."""
+    return Manifest.model_json_schema(mode="validation")
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "GRAPH_KINDS",
+    "AnomalyMap",
+    "DomainSpec",
+    "ExternalData",
+    "GraphSpec",
+    "Graphs",
+    "ImageScore",
+    "Manifest",
+    "ModalityEntry",
+    "Normalization",
+    "RoutingLeaders",
+    "RoutingSummary",
+    "TensorSpec",
+    "ThresholdMethod",
+    "Versions",
+    "manifest_json_schema",
+]
