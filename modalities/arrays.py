@@ -31,7 +31,8 @@ def check_shape(shape: Sequence[int], *, max_pixels: int | None = None) -> None:
     """Reject shapes outside the contract; ``max_pixels`` bounds H*W (None: unbounded)."""
     if len(shape) not in (2, 3):
         raise ModalityError(
-            "bad_array_rank", f"expected a 2-D (H, W) or 3-D (H, W, C) array, got {len(shape)}-D shape {tuple(shape)}"
+            "bad_array_rank",
+            f"expected a 2-D (H, W) or 3-D (H, W, C) array, got {len(shape)}-D shape {tuple(shape)}",
         )
     if len(shape) == 3 and shape[2] not in CHANNEL_COUNTS:
         raise ModalityError(
@@ -48,14 +49,17 @@ def check_pixel_count(height: int, width: int, max_pixels: int | None) -> None:
     """Raise ``too_many_pixels`` when ``height * width`` exceeds ``max_pixels``."""
     if max_pixels is not None and height * width > max_pixels:
         raise ModalityError(
-            "too_many_pixels", f"image is {width}x{height} = {height * width} pixels, the limit is {max_pixels}"
+            "too_many_pixels",
+            f"image is {width}x{height} = {height * width} pixels, the limit is {max_pixels}",
         )
 
 
 def check_dtype(dtype: np.dtype) -> None:
     """Reject dtypes that are not real numbers (bool, complex, object, structured, text, time)."""
     if dtype.fields is not None or dtype.hasobject:
-        raise ModalityError("bad_array_dtype", f"arrays of {dtype} are not accepted (plain numeric arrays only)")
+        raise ModalityError(
+            "bad_array_dtype", f"arrays of {dtype} are not accepted (plain numeric arrays only)"
+        )
     kind_name = _REJECTED_DTYPE_KINDS.get(dtype.kind)
     if kind_name is not None:
         raise ModalityError(

@@ -69,7 +69,8 @@ def decode_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     file_format = sniff_format(data)
     if file_format is None:
         raise ModalityError(
-            "unsupported_format", "unrecognised file format; expected PNG, JPEG, TIFF, BMP or a NumPy .npy array"
+            "unsupported_format",
+            "unrecognised file format; expected PNG, JPEG, TIFF, BMP or a NumPy .npy array",
         )
     array = _DECODERS[file_format](data, max_pixels)
     return canonical_array(array, max_pixels=max_pixels)
@@ -98,10 +99,12 @@ def _decode_pillow(data: bytes, max_pixels: int, *, file_format: str) -> np.ndar
         raise
     except Image.DecompressionBombError as exc:
         raise ModalityError("too_many_pixels", str(exc)) from None
-    except Exception as exc:  # hostile bytes make decoder plugins raise almost any type
+    except Exception as exc:  # noqa: BLE001 - hostile bytes make decoder plugins raise almost any type
         detail = str(exc) or type(exc).__name__
         if "truncated" in detail.lower():
-            raise ModalityError("truncated_image", f"{file_format.upper()} data ends early: {detail}") from None
+            raise ModalityError(
+                "truncated_image", f"{file_format.upper()} data ends early: {detail}"
+            ) from None
         raise ModalityError("corrupt_image", f"cannot decode {file_format.upper()} data: {detail}") from None
 
 
@@ -127,7 +130,8 @@ def _decode_tiff(data: bytes, max_pixels: int) -> np.ndarray:
             return series.asarray()
     except ModalityError:
         raise
-    except Exception as exc:  # tifffile lacks some codecs (LZW, PackBits need imagecodecs): try Pillow
+    except Exception as exc:  # noqa: BLE001 - tifffile lacks some codecs (LZW and PackBits need
+        # imagecodecs) and raises many types on corrupt files: let Pillow try before giving up
         tifffile_error = str(exc) or type(exc).__name__
     try:
         return _decode_pillow(data, max_pixels, file_format="tiff")
@@ -147,7 +151,7 @@ def _decode_npy(data: bytes, max_pixels: int) -> np.ndarray:
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-    except Exception as exc:  # numpy raises ValueError/SyntaxError/... on a malformed header
+    except ValueError as exc:  # numpy wraps every header problem (EOF, bad literal, bad dtype) in it
         raise ModalityError("bad_npy", f"malformed .npy header: {exc}") from None
     if dtype.hasobject:
         raise ModalityError("bad_array_dtype", "object (pickled) .npy arrays are not accepted")

@@ -45,9 +45,15 @@ class ModalitySpec:
                 "invalid_spec", f"modality {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}"
             )
         scale = self.depth_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not math.isfinite(scale)
+            or scale <= 0
+        ):
             raise ModalityError(
-                "invalid_spec", f"modality {self.name!r}: depth_scale must be a finite number > 0, got {scale!r}"
+                "invalid_spec",
+                f"modality {self.name!r}: depth_scale must be a finite number > 0, got {scale!r}",
             )
         object.__setattr__(self, "depth_scale", float(scale))
 
@@ -62,11 +68,15 @@ class ModalitySpec:
     def from_dict(cls, data: dict[str, Any]) -> ModalitySpec:
         """Inverse of :meth:`to_dict`; unknown keys are rejected so that typos do not pass silently."""
         if not isinstance(data, dict):
-            raise ModalityError("invalid_spec", f"a modality spec must be an object, got {type(data).__name__}")
+            raise ModalityError(
+                "invalid_spec", f"a modality spec must be an object, got {type(data).__name__}"
+            )
         unknown = sorted(set(data) - {"name", "kind", "depth_scale"})
         if unknown:
             raise ModalityError("invalid_spec", f"unknown modality spec keys: {', '.join(map(str, unknown))}")
         missing = [key for key in ("name", "kind") if key not in data]
         if missing:
             raise ModalityError("invalid_spec", f"modality spec lacks {', '.join(missing)}")
-        return cls(name=data["name"], kind=data["kind"], depth_scale=data.get("depth_scale", DEFAULT_DEPTH_SCALE))
+        return cls(
+            name=data["name"], kind=data["kind"], depth_scale=data.get("depth_scale", DEFAULT_DEPTH_SCALE)
+        )

@@ -84,7 +84,9 @@ def stack_sample(
         raise ModalityError("invalid_spec", "a sample needs at least one modality spec")
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise ModalityError("invalid_spec", f"modality names repeat in the spec list: {', '.join(duplicated)}")
+        raise ModalityError(
+            "invalid_spec", f"modality names repeat in the spec list: {', '.join(duplicated)}"
+        )
     missing = [name for name in names if name not in arrays]
     if missing:
         raise ModalityError(
@@ -116,7 +118,9 @@ def _normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndar
     if mean_array.shape != (3,) or std_array.shape != (3,):
         raise ModalityError("bad_normalisation", f"mean and std need 3 values each, got {mean!r} and {std!r}")
     if not (np.isfinite(mean_array).all() and np.isfinite(std_array).all() and (std_array > 0).all()):
-        raise ModalityError("bad_normalisation", f"mean must be finite and std finite and > 0, got {mean!r}, {std!r}")
+        raise ModalityError(
+            "bad_normalisation", f"mean must be finite and std finite and > 0, got {mean!r}, {std!r}"
+        )
     return mean_array[:, None, None], std_array[:, None, None]
 
 
@@ -129,7 +133,9 @@ def _resize_unit_image(image: np.ndarray, kind: str, size: int) -> np.ndarray:
         pil_image = Image.fromarray(np.ascontiguousarray(image))
         if kind == "gray" and pil_image.mode == "RGB":
             pil_image = pil_image.convert("L")
-        resized = np.asarray(pil_image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
+        resized = (
+            np.asarray(pil_image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
+        )
     else:
         unit = _unit_range(image)
         if kind == "gray" and unit.ndim == 3:
@@ -179,14 +185,16 @@ def depth_plane(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3:
         if image.shape[2] != 3:
             raise ModalityError(
-                "bad_channel_count", f"depth must be an (H, W) map or an (H, W, 3) xyz array, got shape {image.shape}"
+                "bad_channel_count",
+                f"depth must be an (H, W) map or an (H, W, 3) xyz array, got shape {image.shape}",
             )
         image = image[:, :, 2]
     if image.dtype in _FULL_SCALE:
         return image.astype(np.float64) / _FULL_SCALE[image.dtype]
     if image.dtype.kind != "f":
         raise ModalityError(
-            "bad_array_dtype", f"depth arrays must be uint8, uint16 or float, got {image.dtype} (save metric depth as float32)"
+            "bad_array_dtype",
+            f"depth arrays must be uint8, uint16 or float, got {image.dtype} (save metric depth as float32)",
         )
     return image.astype(np.float64)
 
