@@ -151,7 +151,8 @@ def _decode_npy(data: bytes, max_pixels: int) -> np.ndarray:
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
-    except ValueError as exc:  # numpy wraps every header problem (EOF, bad literal, bad dtype) in it
+    except Exception as exc:  # noqa: BLE001 - the header parser (ast, tokenize) raises ValueError,
+        # SyntaxError, TokenError ... on hostile input
         raise ModalityError("bad_npy", f"malformed .npy header: {exc}") from None
     if dtype.hasobject:
         raise ModalityError("bad_array_dtype", "object (pickled) .npy arrays are not accepted")
