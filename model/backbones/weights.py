@@ -84,9 +84,10 @@ def read_state_dict(path: Path) -> tuple[dict[str, Tensor], str]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(path), "safetensors"
+            tensors = load_file(path)
         except (SafetensorError, OSError) as error:
             raise WeightsError(f"cannot read weights file {path}: {_one_line(error)}") from None
+        return unwrap_state_dict(tensors, path), "safetensors"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     # The unpickler fails on foreign bytes with whatever error it hits first (KeyError, IndexError,

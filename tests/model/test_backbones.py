@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from model.backbones import TRUNKS, EfficientNetLite0Trunk, FeatureSpec, WideResNet50Trunk, build_trunk
+from model.backbones.efficientnet_lite import same_padding
 from model.backbones.weights import WeightsError, WeightsInfo, load_trunk_weights, sha256_file
 
 BOTTLE_DIR = Path("/work/shared/data/mvtec_ad/bottle")
@@ -107,6 +108,16 @@ def test_real_forward_at_64px_gives_finite_post_activation_features(name: str) -
         assert torch.isfinite(level).all()
     if name == "wide_resnet50_2":  # stage outputs end in a ReLU
         assert all((level >= 0).all() for level in features)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "expected"),
+    [(224, 3, 2, (0, 1)), (224, 5, 2, (1, 2)), (225, 3, 2, (1, 1)), (56, 5, 1, (2, 2)), (56, 1, 1, (0, 0))],
+)
+def test_same_padding_puts_the_extra_pixel_after_like_tensorflow(
+    size: int, kernel: int, stride: int, expected: tuple[int, int]
+) -> None:
+    assert same_padding(size, kernel, stride) == expected
 
 
 def test_efficientnet_same_padding_rounds_odd_sizes_up() -> None:
