@@ -19,6 +19,7 @@ from modalities.kinds import KINDS, ModalitySpec
 FORMAT_VERSION = 1
 
 GRAPH_KINDS: tuple[str, ...] = ("frozen", "dynamic")
+MAX_MODALITIES = 4
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256 of the file")]
 
@@ -176,7 +177,7 @@ class RoutingSummary(_Strict):
 
 class DomainSpec(_Strict):
     index: int = Field(ge=0, description="value of the frozen graph's `domain` input")
-    modalities: list[ModalityEntry] = Field(min_length=1, max_length=4)
+    modalities: list[ModalityEntry] = Field(min_length=1, max_length=MAX_MODALITIES)
     threshold: FiniteFloat = Field(description="image_score above this is anomalous")
     threshold_method: ThresholdMethod
     loss_weight: float | None = Field(default=None, ge=0)
@@ -236,6 +237,7 @@ def manifest_json_schema() -> dict:
 __all__ = [
     "FORMAT_VERSION",
     "GRAPH_KINDS",
+    "MAX_MODALITIES",
     "AnomalyMap",
     "DomainSpec",
     "ExternalData",

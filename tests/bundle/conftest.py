@@ -8,7 +8,7 @@ import pytest
 # The tiny bundle builder is shared with the service tests; tests/ is not a package, so expose its folder.
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 
-from tiny_bundle import make_test_bundle  # noqa: E402
+from tiny_bundle import make_test_bundle
 
 
 @pytest.fixture()

@@ -1,0 +1,99 @@
+"""The only place that calls onnxruntime: session creation, contract checks and batched runs.
+
+``InferenceEngine.run`` is synchronous and executes on the engine's single worker thread; the event
+loop reaches it only through :meth:`InferenceEngine.run_async`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from bundle.loader import Bundle, BundleError, load_bundle
+from service.settings import CUDA_PROVIDER, Settings
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ("anomaly_map", "modality_maps", "image_score", "modality_scores")
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """Graph outputs for a batch of B samples of one domain with M modalities."""
+
+    anomaly_map: np.ndarray  # [B, S, S]
+    modality_maps: np.ndarray  # [B, M, S, S]
+    image_score: np.ndarray  # [B]
+    modality_scores: np.ndarray  # [B, M]
+
+
+def choose_providers(requested: list[str], *, require_gpu: bool) -> list[str]:
+    """The requested providers this onnxruntime build offers, in the requested order."""
+    available = ort.get_available_providers()
+    chosen = [p for p in requested if p in available]
+    if require_gpu and CUDA_PROVIDER not in chosen:
+        raise BundleError(
+            f"require_gpu is set but {CUDA_PROVIDER} is unavailable (onnxruntime offers {', '.join(available)})"
+        )
+    if not chosen:
+        raise BundleError(f"none of the providers {requested} is available; onnxruntime offers {available}")
+    return chosen
+
+
+class InferenceEngine:
+    """One ORT session over the bundle's chosen graph, run on one dedicated worker thread."""
+
+    def __init__(self, bundle: Bundle, settings: Settings) -> None:
+        graph = bundle.graph(settings.graph)
+        self.bundle = bundle
+        self.graph_kind = settings.graph
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.log_severity_level = 3
+        providers = choose_providers(settings.providers, require_gpu=settings.require_gpu)
+        try:
+            self.session = ort.InferenceSession(str(graph.model), sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 -- ORT raises private types for a corrupt or incompatible graph
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"onnxruntime cannot load {graph.model.name}: {first_line}") from None
+        self.provider = self.session.get_providers()[0]
+        if settings.require_gpu and self.provider != CUDA_PROVIDER:
+            raise BundleError(f"require_gpu is set but the session runs on {self.provider}")
+        self._check_contract()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        log.info("onnxruntime session ready", extra={"provider": self.provider, "graph": graph.model.name})
+
+    def _check_contract(self) -> None:
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        needed_inputs = {"images", "domain"} if self.graph_kind == "frozen" else {"images"}
+        if not needed_inputs <= inputs or not set(OUTPUT_NAMES) <= outputs:
+            raise BundleError(
+                f"the {self.graph_kind} graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                f"expected inputs {sorted(needed_inputs)} and outputs {sorted(OUTPUT_NAMES)}"
+            )
+        self._takes_domain = "domain" in inputs
+
+    def run(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
+        """``images`` float32 ``[B, M, 3, S, S]`` of one domain -> the four graph outputs."""
+        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
+        if self._takes_domain:
+            feeds["domain"] = np.array([domain_index], dtype=np.int64)
+        return BatchOutputs(*self.session.run(list(OUTPUT_NAMES), feeds))
+
+    async def run_async(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, images, domain_index)
+
+    def close(self) -> None:
+        """Wait for the running batch, then release the worker thread."""
+        self._executor.shutdown(wait=True)
+
+
+def load_engine(settings: Settings) -> InferenceEngine:
+    """Load and verify the bundle, then open its session; every failure is one :class:`BundleError` line."""
+    return InferenceEngine(load_bundle(settings.bundle), settings)

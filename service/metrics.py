@@ -1,0 +1,40 @@
+"""Prometheus metrics of one app instance (its own registry, so tests can build many apps).
+
+Label values are bounded: routes are route templates, domains are manifest names or ``none``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Seconds, from 1 ms to 10 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("decode", "preprocess", "queue", "infer", "postprocess")
+NO_DOMAIN = "none"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_duration = Histogram(
+            "unimmad_request_duration_seconds", "HTTP request latency", ("route", "domain", "status"),
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.stage_duration = Histogram(
+            "unimmad_inference_duration_seconds", "time spent per stage of /detect", ("stage",),
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "unimmad_batch_size", "samples per ORT run", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "unimmad_queue_depth", "requests admitted and waiting for a batch", registry=self.registry
+        )
+        self.requests = Counter(
+            "unimmad_requests", "detections answered", ("domain",), registry=self.registry
+        )
+        self.anomalies = Counter(
+            "unimmad_anomalies", "detections judged anomalous", ("domain",), registry=self.registry
+        )
+        self.model_info = Info("unimmad_model", "served bundle and provider", registry=self.registry)

@@ -1,0 +1,19 @@
+"""HTTP routes; each module is thin and delegates to the service's logic modules."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.routes import detect, domains, health, metrics, model
+from service.security import require_api_key
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+    router.include_router(health.router, tags=["health"])
+    router.include_router(metrics.router, tags=["metrics"])
+    protected = [Depends(require_api_key)]
+    router.include_router(detect.router, tags=["detection"], dependencies=protected)
+    router.include_router(domains.router, tags=["bundle"], dependencies=protected)
+    router.include_router(model.router, tags=["bundle"], dependencies=protected)
+    return router

@@ -1,0 +1,103 @@
+"""Typed response bodies; the examples appear in the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bundle.manifest import ModalityEntry, RoutingSummary, ThresholdMethod
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNgYGAAAAAEAAH2FzhVAAAAAElFTkSuQmCC"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["unknown_domain"])
+    message: str = Field(examples=["unknown domain 'mvtec/bottel'; this bundle serves: mvtec/bottle"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Heatmaps(BaseModel):
+    """Base64 PNGs of the anomaly map at the model's input size."""
+
+    fused: str = Field(examples=[_PNG])
+    modalities: dict[str, str] = Field(examples=[{"rgb": _PNG, "depth": _PNG}])
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage; ``infer_ms`` is the run of the whole batch the request was part of."""
+
+    decode_ms: float
+    preprocess_ms: float
+    queue_ms: float
+    infer_ms: float
+    postprocess_ms: float
+    total_ms: float
+    batch_size: int = Field(description="samples in the ORT run that served this request")
+
+
+class DetectResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "domain": "mvtec3d/tire",
+                    "image_score": 1.37,
+                    "threshold": 0.92,
+                    "is_anomalous": True,
+                    "modality_scores": {"rgb": 1.1, "depth": 0.8},
+                    "heatmaps": {"fused": _PNG, "modalities": {"rgb": _PNG, "depth": _PNG}},
+                    "model_version": "lite-2025-01-01",
+                    "timings": {
+                        "decode_ms": 3.1, "preprocess_ms": 2.4, "queue_ms": 1.9, "infer_ms": 41.0,
+                        "postprocess_ms": 4.2, "total_ms": 53.0, "batch_size": 2,
+                    },
+                }
+            ]
+        }
+    )
+
+    domain: str
+    image_score: float = Field(description="top-fraction mean of the fused anomaly map")
+    threshold: float
+    is_anomalous: bool = Field(description="image_score > threshold")
+    modality_scores: dict[str, float]
+    heatmaps: Heatmaps | None = Field(description="null when heatmap=none")
+    model_version: str
+    timings: Timings
+
+
+class DomainInfo(BaseModel):
+    name: str = Field(examples=["mvtec3d/tire"])
+    index: int
+    modalities: list[ModalityEntry]
+    threshold: float
+    threshold_method: ThresholdMethod
+    image_score_reduction: str = Field(examples=["top_fraction_mean"])
+    routing: RoutingSummary
+
+
+class DomainsResponse(BaseModel):
+    domains: list[DomainInfo]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_version: str = Field(examples=["lite-2025-01-01"])
+    preset: str = Field(examples=["lite"])
+    format_version: int
+    created_at: str
+    input_size: int = Field(examples=[256])
+    graph: Literal["frozen", "dynamic"]
+    provider: str = Field(examples=["CPUExecutionProvider"])
+    domains: list[str]
+    versions: dict[str, str | int | None]
+    max_batch_size: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"] = Field(examples=["ok"])

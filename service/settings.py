@@ -1,0 +1,37 @@
+"""Service settings: every field can come from an ``UNIMMAD_*`` environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIMMAD_", extra="ignore")
+
+    bundle: Path = Field(description="bundle folder written by `python -m export bundle`")
+    graph: Literal["frozen", "dynamic"] = Field(
+        default="frozen", description="which graph of the bundle to serve; `dynamic` is the per-sample reference"
+    )
+    providers: list[str] = Field(
+        default=[CUDA_PROVIDER, CPU_PROVIDER], description="ORT providers in order of preference"
+    )
+    require_gpu: bool = Field(default=False, description="refuse to start without the CUDA provider")
+    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT decide")
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    queue_size: int = Field(default=64, ge=1, description="requests admitted but not yet running")
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="per uploaded file")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="per decoded image")
+    api_key: SecretStr | None = Field(default=None, description="when set, required on every route but health")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "text"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
