@@ -51,7 +51,7 @@ def prepare(
             planes = (_resize_unit_image(image, spec.kind, size) - mean_column) / std_column
     except ModalityError as exc:
         raise ModalityError(exc.code, f"modality {spec.name!r} ({spec.kind}): {exc.message}") from None
-    return planes.astype(np.float32)
+    return np.ascontiguousarray(planes, dtype=np.float32)
 
 
 def prepare_mask(mask: np.ndarray, size: int) -> np.ndarray:
