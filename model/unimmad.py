@@ -103,13 +103,15 @@ class UniMMAD(nn.Module):
         if not allow_random_prior:
             hint = getattr(self.prior, "weights_hint", "pass an ImageNet state dict with --prior-weights PATH")
             raise ValueError(f"the {self.config.preset} preset needs ImageNet weights for its frozen prior: {hint}")
-        logger.warning("prior trunk %s has random weights (allow_random_prior)", self.config.prior_trunk)
+        if not is_meta(self.prior):
+            logger.warning("prior trunk %s has random weights (allow_random_prior)", self.config.prior_trunk)
         return None
 
     def _load_encoder(self) -> WeightsInfo | None:
         if self.config.encoder_weights is not None:
             return load_trunk_weights(self.encoder, self.config.encoder_weights)
-        logger.warning("encoder trunk %s starts from random weights", self.config.encoder_trunk)
+        if not is_meta(self.encoder):
+            logger.warning("encoder trunk %s starts from random weights", self.config.encoder_trunk)
         return None
 
     def train(self, mode: bool = True) -> UniMMAD:
@@ -178,6 +180,11 @@ class UniMMAD(nn.Module):
         return UniMMADOutput(
             priors, predictions, pair_sample, pair_slot, present, routes, torch.stack(balance).mean()
         )
+
+
+def is_meta(module: nn.Module) -> bool:
+    """A meta-device module holds no values at all (structure-only builds, e.g. complexity counts)."""
+    return any(parameter.is_meta for parameter in module.parameters())
 
 
 def presence_mask(modality_count: Tensor, batch: int, slots: int) -> Tensor:
