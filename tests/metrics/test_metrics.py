@@ -125,7 +125,9 @@ def test_pixel_metrics_match_sklearn() -> None:
     maps = np.round(rng.normal(size=masks.shape) + masks, 1) * 7.0  # any real range, many ties
     result = compute_metrics(np.array([0, 1, 1]), np.array([0.1, 0.2, 0.3]), masks, maps)
     assert result["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
-    assert result["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    assert result["pixel_ap"] == pytest.approx(
+        average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12
+    )
     assert result["pixel_f1max"] == pytest.approx(sklearn_f1_max(maps.ravel(), masks.ravel()), abs=1e-12)
 
 
