@@ -7,6 +7,7 @@ count is checked from the header before any pixel is decoded, and every failure 
 Output: ``uint8``/``uint16``/``float32`` (other integer dtypes from ``.npy``/TIFF are kept as stored),
 shape ``(H, W)`` or ``(H, W, C)`` with C in {3, 4}. Palette images become RGB(A), 1-bit images
 become 0/255 ``uint8``, the alpha of grey+alpha images is dropped (no modality uses it).
+EXIF orientation is not applied: training read the pixels as stored, so serving must too.
 """
 
 from __future__ import annotations

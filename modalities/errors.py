@@ -46,6 +46,10 @@ class ModalityError(ValueError):
         self.message = message
         super().__init__(f"{self.code.value}: {message}")
 
+    def __reduce__(self) -> tuple[type[ModalityError], tuple[str, str]]:
+        # Worker processes (data loaders, process pools) pickle exceptions; rebuild from both fields.
+        return type(self), (self.code.value, self.message)
+
     def to_dict(self) -> dict[str, str]:
         """``{"code", "message"}`` as the service's error body carries it."""
         return {"code": self.code.value, "message": self.message}

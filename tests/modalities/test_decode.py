@@ -240,6 +240,9 @@ def test_png_with_bad_checksum_is_corrupt() -> None:
     assert_error(bytes(data), "corrupt_image")
 
 
+@pytest.mark.filterwarnings(
+    "ignore::PIL.Image.DecompressionBombWarning"
+)  # Pillow's own warning, then our limit
 def test_pixel_count_is_checked_before_decoding() -> None:
     # The header claims 10000x10000 but carries almost no data: decoding it would report truncation,
     # so too_many_pixels proves the limit is applied from the header.
@@ -266,6 +269,7 @@ def test_max_pixels_applies_to_every_format(data: bytes) -> None:
     assert decode_bytes(data, max_pixels=12 * 10).shape[:2] == (12, 10)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the Pillow fallback warns about the garbage tags
 def test_unreadable_tiff() -> None:
     assert_error(b"II*\x00" + b"\xff" * 60, "unreadable_tiff")
     data = tiff_bytes(RNG.random((64, 64)).astype(np.float32))
@@ -329,6 +333,7 @@ def test_npy_with_wrong_shape(shape: tuple[int, ...], code: str) -> None:
     assert_error(npy_bytes(np.zeros(shape, np.float32)), code)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow warns about the corrupt TIFF tags it skips
 @pytest.mark.parametrize(
     "data",
     [

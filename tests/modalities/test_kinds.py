@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 
 import pytest
 
@@ -85,3 +86,9 @@ def test_error_is_a_value_error_with_a_stable_code() -> None:
     assert json.dumps(error.to_dict()) == '{"code": "empty_file", "message": "the file is empty"}'
     with pytest.raises(ValueError):
         ModalityError("no_such_code", "typo in a code is a programming error")
+
+
+def test_error_survives_pickling_between_processes() -> None:
+    restored = pickle.loads(pickle.dumps(ModalityError("truncated_image", "PNG data ends early")))
+    assert isinstance(restored, ModalityError)
+    assert restored.to_dict() == {"code": "truncated_image", "message": "PNG data ends early"}
