@@ -7,7 +7,7 @@ SERVE_VENV := .venv-serve
 RUN ?= runs/demo
 BUNDLE ?= $(if $(wildcard bundles/last),bundles/last,bundles/demo)
 
-.PHONY: help venv serve-venv test demo serve lint clean
+.PHONY: help venv serve-venv test-tools test demo serve lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,7 +28,10 @@ venv: $(VENV)/.installed  ## create the development environment
 
 serve-venv: $(SERVE_VENV)/.installed  ## create the torch-free serving environment
 
-test: $(VENV)/.installed  ## set up and run the whole test suite
+test-tools:  ## install Debian's prometheus for the Prometheus tests where possible (never fails)
+	bash scripts/install_test_tools.sh
+
+test: $(VENV)/.installed test-tools  ## set up and run the whole test suite
 	$(VENV)/bin/python -m pytest
 
 demo: $(VENV)/.installed $(SERVE_VENV)/.installed  ## set up and run the demo on the embedded synthetic data
