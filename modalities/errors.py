@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+_MAX_MESSAGE = 300
+
 
 class ErrorCode(StrEnum):
     """Stable machine-readable reasons; values are the slugs clients see."""
@@ -43,7 +45,11 @@ class ModalityError(ValueError):
 
     def __init__(self, code: str, message: str) -> None:
         self.code = ErrorCode(code)
-        self.message = message
+        # Decoder exceptions are folded into messages; keep them one bounded line for logs and clients.
+        single_line = " ".join(str(message).split())
+        self.message = (
+            single_line if len(single_line) <= _MAX_MESSAGE else single_line[: _MAX_MESSAGE - 3] + "..."
+        )
         super().__init__(f"{self.code.value}: {message}")
 
     def __reduce__(self) -> tuple[type[ModalityError], tuple[str, str]]:

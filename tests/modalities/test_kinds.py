@@ -92,3 +92,10 @@ def test_error_survives_pickling_between_processes() -> None:
     restored = pickle.loads(pickle.dumps(ModalityError("truncated_image", "PNG data ends early")))
     assert isinstance(restored, ModalityError)
     assert restored.to_dict() == {"code": "truncated_image", "message": "PNG data ends early"}
+
+
+def test_error_messages_are_one_bounded_line() -> None:
+    error = ModalityError("corrupt_image", "decoder said:\n  line one\n\tline two " + "x" * 1000)
+    assert "\n" not in error.message and "\t" not in error.message
+    assert error.message.startswith("decoder said: line one line two")
+    assert len(error.message) <= 300
