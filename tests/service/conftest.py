@@ -1,17 +1,14 @@
 from __future__ import annotations
 
-import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
+from service_helpers import make_settings, wait_ready
 from tiny_bundle import make_test_bundle
 
-from service import Settings, create_app
+from service import create_app
 
 
 @pytest.fixture(scope="session")
@@ -19,48 +16,8 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_test_bundle(tmp_path_factory.mktemp("bundle"))
 
 
-def make_settings(bundle: Path, **overrides) -> Settings:
-    defaults = {"bundle": bundle, "providers": ["CPUExecutionProvider"], "max_batch_size": 4}
-    return Settings(**(defaults | overrides))
-
-
-def wait_ready(client: TestClient, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "service did not become ready"
-        time.sleep(0.01)
-
-
 @pytest.fixture()
 def client(bundle_dir: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(bundle_dir))) as test_client:
         wait_ready(test_client)
         yield test_client
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def sample_files(modalities: list[tuple[str, str]], seed: int = 0) -> dict[str, tuple[str, bytes, str]]:
-    """One valid upload per modality: rgb as 8-bit PNG, gray as 16-bit PNG, depth as a float32 .npy."""
-    rng = np.random.default_rng(seed)
-    files = {}
-    for name, kind in modalities:
-        if kind == "rgb":
-            files[name] = (f"{name}.png", png_bytes(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)), "image/png")
-        elif kind == "gray":
-            files[name] = (f"{name}.png", png_bytes(rng.integers(0, 65536, (20, 20), dtype=np.uint16)), "image/png")
-        else:
-            depth = rng.uniform(0.5, 1.0, (18, 18)).astype(np.float32)
-            depth[:3] = 0.0  # background rows
-            files[name] = (f"{name}.npy", npy_bytes(depth), "application/octet-stream")
-    return files

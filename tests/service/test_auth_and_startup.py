@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, sample_files, wait_ready
 from fastapi.testclient import TestClient
+from service_helpers import make_settings, sample_files, wait_ready
 from tiny_bundle import make_test_bundle, rewrite_manifest
 
 from bundle import BundleError, file_sha256

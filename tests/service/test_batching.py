@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from conftest import make_settings, sample_files, wait_ready
 from fastapi.testclient import TestClient
+from service_helpers import make_settings, sample_files, wait_ready
 
 from service import create_app
 from service.batcher import Batcher

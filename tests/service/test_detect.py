@@ -8,8 +8,8 @@ import io
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import sample_files
 from PIL import Image
+from service_helpers import sample_files
 from tiny_bundle import INPUT_SIZE, TEST_DOMAINS
 
 from bundle import load_bundle

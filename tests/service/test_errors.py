@@ -7,8 +7,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import make_settings, npy_bytes, png_bytes, sample_files, wait_ready
 from fastapi.testclient import TestClient
+from service_helpers import make_settings, npy_bytes, png_bytes, sample_files, wait_ready
 
 from service import create_app
 
