@@ -55,14 +55,18 @@ def rss_bytes(pid: int) -> int:
     raise ServiceFailed(f"no VmRSS for pid {pid}")
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a service child: this one, the repository importable, JSON logs, and ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "UNIMMAD_LOG_FORMAT": "json", **(extra or {})}
+
+
 def start(bundle: Path, log_path: Path, env: dict[str, str] | None = None, python: str = sys.executable) -> LiveService:
     """Start the service on a free loopback port without waiting for it."""
     port = free_port()
-    child_env = {**os.environ, "PYTHONPATH": str(REPO), "UNIMMAD_LOG_FORMAT": "json", **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [python, "-m", "service", "--bundle", str(bundle), "--host", LOOPBACK, "--port", str(port)],
-            cwd=REPO, env=child_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, env=child_env(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     return LiveService(process, f"http://{LOOPBACK}:{port}", log_path)
 
