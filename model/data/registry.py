@@ -17,11 +17,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from model.data.bmad import BMADSource
+from model.data.brats import BraTSSource
+from model.data.eyecandies import EyecandiesSource
 from model.data.magnetic_tile import MagneticTileSource
+from model.data.mulsen import MulSenSource
 from model.data.mulsen_derived import MulSenDerivedSource
 from model.data.mvtec3d import MVTec3DSource
+from model.data.mvtec_ad import MVTecADSource
 from model.data.sample import Source
 from model.data.synthetic import SyntheticConfig, SyntheticSource
+from model.data.visa import VisASource
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA_ENV = "UNIMMAD_SHARED_DATA"
@@ -39,7 +45,13 @@ def _without_categories(factory: Callable[[str, Path], Source]) -> LayoutFactory
 
 
 LAYOUTS: dict[str, LayoutFactory] = {
+    "mvtec": MVTecADSource,
+    "visa": VisASource,
     "mvtec3d": MVTec3DSource,
+    "eyecandies": EyecandiesSource,
+    "mulsen": MulSenSource,
+    "brats": BraTSSource,
+    "bmad": BMADSource,
     "mulsen_derived": MulSenDerivedSource,
     "magnetic_tile": _without_categories(MagneticTileSource),
 }
