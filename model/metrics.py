@@ -156,7 +156,11 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | N
     curve = _curve(np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1)
     if curve is None:
         return {"image_auroc": None, "image_ap": None, "image_f1max": None}
-    return {"image_auroc": _auroc(curve), "image_ap": _average_precision(curve), "image_f1max": _f1_max(curve)}
+    return {
+        "image_auroc": _auroc(curve),
+        "image_ap": _average_precision(curve),
+        "image_f1max": _f1_max(curve),
+    }
 
 
 def pixel_metrics(masks: np.ndarray, maps: np.ndarray) -> dict[str, float | None]:
@@ -184,8 +188,11 @@ def validate_inputs(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
     if maps.shape != masks.shape:
         raise ValueError(f"maps must have shape {masks.shape} like masks, got {maps.shape}")
     for name, array in (("labels", labels), ("scores", scores), ("masks", masks), ("maps", maps)):
-        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-                or array.dtype == np.bool_):
+        if not (
+            np.issubdtype(array.dtype, np.integer)
+            or np.issubdtype(array.dtype, np.floating)
+            or array.dtype == np.bool_
+        ):
             raise ValueError(f"{name} must hold real numbers or booleans, got dtype {array.dtype}")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"{name} holds NaN or inf")

@@ -39,7 +39,9 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in REQUIRED_KEYS if key not in archive.files]
             if missing:
-                raise ValueError(f"{path}: missing key(s) {', '.join(missing)} (needs {', '.join(REQUIRED_KEYS)})")
+                raise ValueError(
+                    f"{path}: missing key(s) {', '.join(missing)} (needs {', '.join(REQUIRED_KEYS)})"
+                )
             return {key: archive[key] for key in REQUIRED_KEYS}
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise ValueError(f"{path}: not a readable .npz file ({error})") from None

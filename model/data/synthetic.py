@@ -284,7 +284,7 @@ _GENERATORS: dict[
     Callable[
         [np.random.Generator, np.random.Generator, int, str | None],
         tuple[dict[str, np.ndarray], np.ndarray],
-    ]
+    ],
 ] = {
     "synthetic/tiles": _tiles,
     "synthetic/parts": _parts,
