@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import live_service
 import numpy as np
 from PIL import Image
-
-import live_service
 
 log = logging.getLogger("bad_inputs")
 
@@ -73,14 +72,21 @@ def png_header_only(width: int, height: int) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1024))
+        + chunk(b"IEND", b"")
+    )
 
 
 def one_file(content: bytes, field: str = "rgb", mime: str = "application/octet-stream") -> Files:
     return [(field, ("sample.bin", content, mime))]
 
 
-def post(files: Files, domain: str | None = "single", **form: str) -> Callable[[httpx.Client, Target], httpx.Response]:
+def post(
+    files: Files, domain: str | None = "single", **form: str
+) -> Callable[[httpx.Client, Target], httpx.Response]:
     """A multipart POST /detect; ``domain="single"``/``"pair"`` picks the target's domain of that kind."""
 
     def send(client: httpx.Client, target: Target) -> httpx.Response:
@@ -94,7 +100,9 @@ def post(files: Files, domain: str | None = "single", **form: str) -> Callable[[
     return send
 
 
-def post_lazy(build: Callable[[Target], Files], pair: bool = False) -> Callable[[httpx.Client, Target], httpx.Response]:
+def post_lazy(
+    build: Callable[[Target], Files], pair: bool = False
+) -> Callable[[httpx.Client, Target], httpx.Response]:
     """Like :func:`post` for files built from the service's limits or the pair domain's modality names."""
 
     def send(client: httpx.Client, target: Target) -> httpx.Response:
@@ -117,7 +125,9 @@ def pair_missing_one(target: Target) -> Files:
 
 
 def pair_duplicated(target: Target) -> Files:
-    return [(name, ("a.png", png(), "image/png")) for name in target.pair[1]] + one_file(png(), target.pair[1][0])
+    return [(name, ("a.png", png(), "image/png")) for name in target.pair[1]] + one_file(
+        png(), target.pair[1][0]
+    )
 
 
 def oversize_upload(target: Target) -> Files:
@@ -167,9 +177,18 @@ CORPUS: list[BadRequest] = [
     BadRequest("JSON body", raw("POST", "/detect", b'{"domain": "x"}', "application/json")),
     BadRequest("urlencoded body", raw("POST", "/detect", b"domain=x", "application/x-www-form-urlencoded")),
     BadRequest("multipart without boundary", raw("POST", "/detect", b"--x\r\n", "multipart/form-data")),
-    BadRequest("malformed multipart", raw("POST", "/detect", b"--b\r\nContent-Disposition: form-data\r\n\r\nx",
-                                            "multipart/form-data; boundary=b")),
-    BadRequest("too many form parts", post([("rgb", (f"{i}.png", _GOOD_PNG, "image/png")) for i in range(40)])),
+    BadRequest(
+        "malformed multipart",
+        raw(
+            "POST",
+            "/detect",
+            b"--b\r\nContent-Disposition: form-data\r\n\r\nx",
+            "multipart/form-data; boundary=b",
+        ),
+    ),
+    BadRequest(
+        "too many form parts", post([("rgb", (f"{i}.png", _GOOD_PNG, "image/png")) for i in range(40)])
+    ),
     BadRequest("GET on /detect", raw("GET", "/detect")),
     BadRequest("unknown route", raw("GET", "/no-such-route")),
 ]
@@ -198,7 +217,9 @@ def discover(url: str, max_upload_bytes: int, max_pixels: int) -> Target:
     single = next((d for d, mods in names.items() if mods == ["rgb"]), None)
     pair = next(((d, mods) for d, mods in names.items() if len(mods) >= 2), None)
     if single is None or pair is None:
-        raise SystemExit("error: the bundle needs a domain with only `rgb` and one with two or more modalities")
+        raise SystemExit(
+            "error: the bundle needs a domain with only `rgb` and one with two or more modalities"
+        )
     return Target(url, single, pair, max_upload_bytes, max_pixels)
 
 
@@ -211,7 +232,9 @@ def run_corpus(target: Target) -> tuple[list[Verdict], bool]:
     """Send every bad request, then check that the service is still ready and still scores."""
     with httpx.Client(timeout=30.0) as client:
         verdicts = [judge(bad.kind, bad.send(client, target)) for bad in CORPUS]
-        healthy = client.get(f"{target.url}/readyz").status_code == 200 and good_request_scores(client, target)
+        healthy = client.get(f"{target.url}/readyz").status_code == 200 and good_request_scores(
+            client, target
+        )
     return verdicts, healthy
 
 
@@ -221,18 +244,30 @@ def print_table(verdicts: list[Verdict], healthy: bool) -> None:
     for v in verdicts:
         print(f"{v.kind:<{width}}  {v.status:<6}  {'PASS' if v.passed else 'FAIL':<6}  {v.code}")
     passed = sum(v.passed for v in verdicts)
-    print(f"\n{passed}/{len(verdicts)} kinds answered 4xx JSON; service ready and scoring afterwards: {healthy}")
+    print(
+        f"\n{passed}/{len(verdicts)} kinds answered 4xx JSON; service ready and scoring afterwards: {healthy}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--bundle", type=Path, help="start a service on 127.0.0.1 serving this bundle")
     where.add_argument("--url", help="a live service on this machine, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--max-upload-bytes", type=int, default=1 << 20,
-                        help="UNIMMAD_MAX_UPLOAD_BYTES of the service (set on the one --bundle starts)")
-    parser.add_argument("--max-pixels", type=int, default=1_000_000,
-                        help="UNIMMAD_MAX_PIXELS of the service (set on the one --bundle starts)")
+    parser.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=1 << 20,
+        help="UNIMMAD_MAX_UPLOAD_BYTES of the service (set on the one --bundle starts)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=1_000_000,
+        help="UNIMMAD_MAX_PIXELS of the service (set on the one --bundle starts)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -242,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         verdicts, healthy = run_corpus(discover(args.url, args.max_upload_bytes, args.max_pixels))
     else:
-        limits = {"UNIMMAD_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "UNIMMAD_MAX_PIXELS": str(args.max_pixels)}
+        limits = {
+            "UNIMMAD_MAX_UPLOAD_BYTES": str(args.max_upload_bytes),
+            "UNIMMAD_MAX_PIXELS": str(args.max_pixels),
+        }
         with tempfile.TemporaryDirectory(prefix="unimmad-bad-inputs-") as tmp:
             with live_service.running(args.bundle, Path(tmp) / "service.log", limits) as service:
                 log.info("service ready at %s", service.url)

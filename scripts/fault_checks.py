@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-
 import live_service
 
 log = logging.getLogger("fault_checks")
@@ -77,9 +76,23 @@ def check_startup_failure(case: str, bundle: Path, workdir: Path, timeout_s: flo
     port = live_service.free_port()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "service", "--bundle", str(target), "--host", live_service.LOOPBACK,
-             "--port", str(port)],
-            cwd=live_service.REPO, env=live_service.child_env(), capture_output=True, text=True, timeout=timeout_s,
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "--bundle",
+                str(target),
+                "--host",
+                live_service.LOOPBACK,
+                "--port",
+                str(port),
+            ],
+            cwd=live_service.REPO,
+            env=live_service.child_env(),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
         )
     except subprocess.TimeoutExpired:
         return Outcome(case, False, f"still running after {timeout_s:.0f} s")
@@ -101,9 +114,11 @@ def _warmup_done_at(service: live_service.LiveService) -> float | None:
 
 
 def check_readiness(bundle: Path, workdir: Path, timeout_s: float, max_batch_size: int) -> Outcome:
-    """Poll /readyz from the first moment the port answers: 503 until the 'warm-up done' log line, then 200."""
+    """Poll /readyz from the moment the port answers: 503 until the "warm-up done" log line, then 200."""
     case = "/readyz waits for warm-up"
-    service = live_service.start(bundle, workdir / "readiness.log", {"UNIMMAD_MAX_BATCH_SIZE": str(max_batch_size)})
+    service = live_service.start(
+        bundle, workdir / "readiness.log", {"UNIMMAD_MAX_BATCH_SIZE": str(max_batch_size)}
+    )
     answers: list[tuple[float, int, str]] = []
     try:
         deadline = time.monotonic() + timeout_s
@@ -125,7 +140,9 @@ def check_readiness(bundle: Path, workdir: Path, timeout_s: float, max_batch_siz
     if not answers or answers[-1][1] != 200 or warm_at is None:
         return Outcome(case, False, f"never ready within {timeout_s:.0f} s ({len(answers)} answers)")
     early = [a for a in answers if a[0] < warm_at]
-    wrong = [a for a in early if (a[1], a[2]) != (503, "not_ready")] + [a for a in answers if a[1] == 200 and a[0] < warm_at]
+    wrong = [a for a in early if (a[1], a[2]) != (503, "not_ready")] + [
+        a for a in answers if a[1] == 200 and a[0] < warm_at
+    ]
     detail = f"{len(early)} x 503 not_ready during warm-up, then 200 ({max_batch_size} batch sizes warmed)"
     return Outcome(case, not wrong, detail if not wrong else f"answered {wrong[0][1]} before warm-up ended")
 
@@ -138,13 +155,20 @@ def print_table(outcomes: list[Outcome]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, required=True, help="a good bundle to copy and break")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="bound on each start-up (default 60)")
-    parser.add_argument("--warmup-batch", type=int, default=64,
-                        help="UNIMMAD_MAX_BATCH_SIZE for the readiness check: more shapes, longer warm-up")
+    parser.add_argument(
+        "--warmup-batch",
+        type=int,
+        default=64,
+        help="UNIMMAD_MAX_BATCH_SIZE for the readiness check: more shapes, longer warm-up",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if not (args.bundle / "manifest.json").is_file():
         print(f"error: {args.bundle} is not a bundle (no manifest.json)", file=sys.stderr)
         return 2

@@ -60,13 +60,19 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "UNIMMAD_LOG_FORMAT": "json", **(extra or {})}
 
 
-def start(bundle: Path, log_path: Path, env: dict[str, str] | None = None, python: str = sys.executable) -> LiveService:
+def start(
+    bundle: Path, log_path: Path, env: dict[str, str] | None = None, python: str = sys.executable
+) -> LiveService:
     """Start the service on a free loopback port without waiting for it."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [python, "-m", "service", "--bundle", str(bundle), "--host", LOOPBACK, "--port", str(port)],
-            cwd=REPO, env=child_env(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     return LiveService(process, f"http://{LOOPBACK}:{port}", log_path)
 
@@ -99,8 +105,9 @@ def stop(service: LiveService, timeout_s: float = 15.0) -> int:
 
 
 @contextmanager
-def running(bundle: Path, log_path: Path, env: dict[str, str] | None = None,
-            ready_timeout_s: float = 60.0) -> Iterator[LiveService]:
+def running(
+    bundle: Path, log_path: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 60.0
+) -> Iterator[LiveService]:
     """A ready service for the duration of the block."""
     service = start(bundle, log_path, env)
     try:

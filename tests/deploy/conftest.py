@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-# tests/ is not a package: reuse the service tests' bundle builder and the scripts' process helper.
-sys.path[:0] = [str(TESTS / "service"), str(TESTS.parent / "scripts")]
+# tests/ is not a package: reuse the service tests' bundle builder; the scripts are imported as modules.
+sys.path[:0] = [str(TESTS / "service"), str(TESTS.parent / "scripts"), str(TESTS.parent / "benchmarks")]
 
-import live_service  # noqa: E402
-from tiny_bundle import make_test_bundle  # noqa: E402
+import live_service
+from tiny_bundle import make_test_bundle
 
 
 @pytest.fixture(scope="module")
@@ -25,5 +25,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_service.LiveService]:
     """A ready service on a free loopback port, stopped when the module's tests are done."""
     log_path = tmp_path_factory.mktemp("service") / "service.log"
-    with live_service.running(tiny_bundle, log_path, env={"UNIMMAD_PROVIDERS": '["CPUExecutionProvider"]'}) as service:
+    with live_service.running(
+        tiny_bundle, log_path, env={"UNIMMAD_PROVIDERS": '["CPUExecutionProvider"]'}
+    ) as service:
         yield service

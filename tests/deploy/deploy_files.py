@@ -1,4 +1,4 @@
-"""Where the deployment files live, Compose YAML with its merge tags, and the metric names the service exports."""
+"""Paths of the deployment files, Compose YAML with its merge tags, and the metrics the service exports."""
 
 from __future__ import annotations
 
@@ -73,8 +73,10 @@ def merge_compose(base: dict, override: dict) -> dict:
 
 def _merge(base: Any, override: Any) -> Any:
     if isinstance(base, dict) and isinstance(override, dict):
-        return {key: _merge(base.get(key), override[key]) if key in override else value
-                for key, value in {**base, **override}.items()}
+        return {
+            key: _merge(base.get(key), override[key]) if key in override else value
+            for key, value in {**base, **override}.items()
+        }
     return copy.deepcopy(override)
 
 
@@ -89,9 +91,7 @@ def exported_sample_names() -> set[str]:
         "info": ("_info",),
     }
     return {
-        family.name + suffix
-        for family in Metrics().registry.collect()
-        for suffix in suffixes[family.type]
+        family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]
     }
 
 

@@ -1,4 +1,4 @@
-"""Prometheus scrape config and the Grafana dashboard: valid, and built only on metrics the service exports."""
+"""Scrape config and Grafana dashboard: valid, and built only on metrics the service exports."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def dashboard() -> dict:
 
 
 def panel_queries() -> dict[str, list[str]]:
-    return {panel["title"]: [target["expr"] for target in panel["targets"]] for panel in dashboard()["panels"]}
+    return {
+        panel["title"]: [target["expr"] for target in panel["targets"]] for panel in dashboard()["panels"]
+    }
 
 
 def as_promql(expr: str) -> str:
@@ -57,17 +59,26 @@ def test_every_panel_queries_only_metrics_the_service_exports() -> None:
 
 
 def test_metric_name_check_catches_a_typo() -> None:
-    assert not referenced_metrics("rate(unimmad_request_duration_second_count[1m])") <= exported_sample_names()
+    assert (
+        not referenced_metrics("rate(unimmad_request_duration_second_count[1m])") <= exported_sample_names()
+    )
 
 
 def test_dashboard_covers_what_an_operator_watches() -> None:
     queries = " ".join(q for qs in panel_queries().values() for q in qs)
     for quantile in ("0.5", "0.95", "0.99"):
-        assert f"histogram_quantile({quantile}, sum by (le, stage) (rate(unimmad_inference_duration_seconds_bucket" in queries
-        assert f"histogram_quantile({quantile}, sum by (le) (rate(unimmad_request_duration_seconds_bucket" in queries
-    for needle in ("unimmad_batch_size", "unimmad_queue_depth", 'status=~"4..|5.."',
-                   "sum by (domain) (rate(unimmad_anomalies_total", "sum by (domain) (rate(unimmad_requests_total",
-                   "sum by (route, status) (rate(unimmad_request_duration_seconds_count"):
+        stage = "sum by (le, stage) (rate(unimmad_inference_duration_seconds_bucket"
+        request = "sum by (le) (rate(unimmad_request_duration_seconds_bucket"
+        assert f"histogram_quantile({quantile}, {stage}" in queries
+        assert f"histogram_quantile({quantile}, {request}" in queries
+    for needle in (
+        "unimmad_batch_size",
+        "unimmad_queue_depth",
+        'status=~"4..|5.."',
+        "sum by (domain) (rate(unimmad_anomalies_total",
+        "sum by (domain) (rate(unimmad_requests_total",
+        "sum by (route, status) (rate(unimmad_request_duration_seconds_count",
+    ):
         assert needle in queries, needle
 
 
@@ -78,7 +89,10 @@ def test_dashboard_panels_are_well_formed_and_use_the_provisioned_datasource() -
     assert len({p["id"] for p in panels}) == len(panels)
     for panel in panels:
         assert panel["datasource"] == {"type": "prometheus", "uid": datasource["uid"]}, panel["title"]
-        assert set(panel["gridPos"]) == {"x", "y", "w", "h"} and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert (
+            set(panel["gridPos"]) == {"x", "y", "w", "h"}
+            and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        )
         assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
     assert board["uid"] and board["title"]
 
@@ -112,18 +126,30 @@ def promtool() -> str:
 
 
 def test_promtool_accepts_the_scrape_config() -> None:
-    result = subprocess.run([promtool(), "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [promtool(), "check", "config", str(PROMETHEUS_CONFIG)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     queries = [as_promql(q) for qs in panel_queries().values() for q in qs]
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:query_{i}", "expr": q} for i, q in enumerate(queries)],
+            }
+        ]
+    }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(path)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(queries)} rules found" in result.stdout

@@ -22,7 +22,9 @@ WAIT_S = 45.0
 def prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
-        pytest.skip("prometheus not installed: `apt-get install prometheus` (scripts/install_test_tools.sh does it)")
+        pytest.skip(
+            "prometheus not installed: `apt-get install prometheus` (scripts/install_test_tools.sh does it)"
+        )
     return found
 
 
@@ -33,7 +35,10 @@ def scrape_config_for(target: str) -> dict:
     for static in job["static_configs"]:
         static["targets"] = [target]
     job.update(scrape_interval="1s", scrape_timeout="1s")
-    return {"global": {**config["global"], "scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
+    return {
+        "global": {**config["global"], "scrape_interval": "1s", "scrape_timeout": "1s"},
+        "scrape_configs": [job],
+    }
 
 
 def png_bytes() -> bytes:
@@ -51,19 +56,31 @@ def query(base_url: str, promql: str) -> list[dict]:
 def test_prometheus_scrapes_request_counts_from_the_live_service(served, tmp_path: Path) -> None:
     binary = prometheus_binary()
     for _ in range(DETECT_CALLS):
-        response = httpx.post(f"{served.url}/detect", data={"domain": "mvtec/bottle", "heatmap": "none"},
-                              files={"rgb": ("part.png", png_bytes(), "image/png")}, timeout=30.0)
+        response = httpx.post(
+            f"{served.url}/detect",
+            data={"domain": "mvtec/bottle", "heatmap": "none"},
+            files={"rgb": ("part.png", png_bytes(), "image/png")},
+            timeout=30.0,
+        )
         assert response.status_code == 200, response.text
 
     config_path = tmp_path / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(scrape_config_for(served.url.removeprefix("http://"))), encoding="utf-8")
+    config_path.write_text(
+        yaml.safe_dump(scrape_config_for(served.url.removeprefix("http://"))), encoding="utf-8"
+    )
     port = free_port()
     prometheus_url = f"http://{LOOPBACK}:{port}"
     with (tmp_path / "prometheus.log").open("wb") as log:
         prometheus = subprocess.Popen(
-            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address={LOOPBACK}:{port}"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address={LOOPBACK}:{port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         promql = 'sum(unimmad_request_duration_seconds_count{job="unimmad", route="/detect", status="200"})'
