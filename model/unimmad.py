@@ -128,6 +128,11 @@ class UniMMAD(nn.Module):
         """Trainable weights and buffers; the prior is rebuilt from its weights file instead."""
         return {key: value for key, value in self.state_dict().items() if not key.startswith("prior.")}
 
+    @torch.no_grad()
+    def prior_features(self, specific: Tensor) -> list[Tensor]:
+        """The frozen prior on modality images [N,3,S,S] -> per level unit-norm [N,C_l,h_l,w_l]."""
+        return [F.normalize(level, dim=1) for level in self.prior(specific)]
+
     def check_images(self, images: Tensor) -> None:
         """Raise ValueError unless images is [B, M, 3, S, S] with S = image_size and 1 <= M <= max_modalities."""
         size = self.config.image_size
@@ -146,28 +151,34 @@ class UniMMAD(nn.Module):
         modality_count: Tensor | None = None,
         routing: Routing | None = None,
         kernel_mode: str = "grouped",
+        priors: Sequence[Tensor] | None = None,
     ) -> UniMMADOutput:
         """images [B,M,3,S,S]; modality_count int64 [B] in 1..M (None: every slot present, a pure tensor
-        program for export); routing[level][branch] forces leaders instead of the gates."""
+        program for export); routing[level][branch] forces leaders instead of the gates; priors: the
+        frozen prior's features of the N pairs in slot-major order, precomputed (e.g. model.prior_cache)."""
         self.check_images(images)
         batch, slots = images.shape[:2]
         by_slot = images.transpose(0, 1).reshape(slots * batch, *images.shape[2:])
         if modality_count is None:
+            # Broadcasts instead of index arithmetic: the ONNX exporter cannot lower % by a symbolic size.
             present = torch.ones(batch, slots, dtype=torch.bool, device=images.device)
-            pair_index = torch.arange(slots * batch, device=images.device)
+            pair_sample = torch.arange(batch, device=images.device)[None, :].expand(slots, batch).reshape(-1)
+            pair_slot = torch.arange(slots, device=images.device)[:, None].expand(slots, batch).reshape(-1)
             specific = by_slot
         else:
             present = presence_mask(modality_count, batch, slots)
             images = images * present[:, :, None, None, None]
             pair_index = present.t().reshape(-1).nonzero().squeeze(1)
+            pair_slot = pair_index // batch
+            pair_sample = pair_index % batch
             specific = by_slot.index_select(0, pair_index)
-        pair_slot = pair_index // batch
-        pair_sample = pair_index % batch
         if routing is not None and len(routing) != LEVELS:
             raise ValueError(f"routing needs one entry per level ({LEVELS}), got {len(routing)}")
 
-        with torch.no_grad():
-            priors = [F.normalize(level, dim=1) for level in self.prior(specific)]
+        if priors is None:
+            priors = self.prior_features(specific)
+        elif len(priors) != LEVELS or any(level.shape[0] != pair_sample.shape[0] for level in priors):
+            raise ValueError(f"priors must hold {LEVELS} levels of {pair_sample.shape[0]} pairs each")
         general = self.fcm(self.encoder(self.stem(shared_input(images, self.config.stem))))
 
         predictions, routes, balance = [], [], []
@@ -178,7 +189,7 @@ class UniMMAD(nn.Module):
             routes.append(out.routes)
             balance.append(out.balance_loss)
         return UniMMADOutput(
-            priors, predictions, pair_sample, pair_slot, present, routes, torch.stack(balance).mean()
+            list(priors), predictions, pair_sample, pair_slot, present, routes, torch.stack(balance).mean()
         )
 
 

@@ -146,3 +146,24 @@ def test_lite_preset_loads_the_packaged_imagenet_weights() -> None:
     model = UniMMAD(PRESETS["lite"])
     assert model.prior_weights_info is not None and len(model.prior_weights_info.sha256) == 64
     torch.testing.assert_close(model.prior.state_dict()["_conv_stem.weight"], model.encoder.state_dict()["_conv_stem.weight"])
+
+
+def test_forward_and_maps_trace_with_dynamic_batch_and_modalities(tiny_model: UniMMAD) -> None:
+    from torch.export import Dim, export
+
+    from model.anomaly_map import anomaly_maps
+
+    class MapsOnly(torch.nn.Module):
+        def __init__(self, model: UniMMAD) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(anomaly_maps(self.model(batch, kernel_mode="bank"), self.model.config))
+
+    wrapper = MapsOnly(tiny_model.eval())
+    dims = {"batch": {0: Dim("batch", min=1, max=16), 1: Dim("modalities", min=1, max=4)}}
+    program = export(wrapper, (images(2, 2),), dynamic_shapes=dims)
+    other = images(3, 3, seed=1)
+    for traced, eager in zip(program.module()(other), wrapper(other)):
+        torch.testing.assert_close(traced, eager)
