@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from modalities import prepare_mask, stack_sample
+from modalities import IMAGENET_MEAN, IMAGENET_STD, prepare_mask, stack_sample
 from model.data.sample import Domain, SampleRef, Source, Split
 
 MAX_MODALITIES = 4
@@ -31,16 +31,24 @@ class Item:
 
 
 class MultiDomainDataset(Dataset):
-    """Every sample of ``split`` over all domains of ``sources``, prepared at ``size`` pixels.
+    """Every sample of ``split`` over all domains of ``sources``, prepared at ``size`` pixels with the
+    model's ``mean``/``std`` (the lite preset's prior expects other constants than ImageNet's).
 
     ``__getitem__`` returns ``images`` float32 [4, 3, S, S] (slots after the domain's modalities are
     zero), ``modality_count``, ``mask`` bool [S, S], ``label``, ``loss_weight``, ``domain``, ``id``.
     """
 
     def __init__(
-        self, sources: Sequence[Source], split: Split, size: int, domains: Sequence[str] | None = None
+        self,
+        sources: Sequence[Source],
+        split: Split,
+        size: int,
+        domains: Sequence[str] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ):
         self.size = size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.domains: dict[str, Domain] = {}
         self.items: list[Item] = []
         for source in sources:
@@ -60,7 +68,9 @@ class MultiDomainDataset(Dataset):
         sample = item.source.load(item.ref)
         domain = self.domains[sample.domain]
         images = np.zeros((MAX_MODALITIES, 3, self.size, self.size), dtype=np.float32)
-        images[: len(domain.modalities)] = stack_sample(sample.modalities, domain.modalities, self.size)
+        images[: len(domain.modalities)] = stack_sample(
+            sample.modalities, domain.modalities, self.size, mean=self.mean, std=self.std
+        )
         mask = (
             prepare_mask(sample.mask, self.size)
             if sample.mask is not None
