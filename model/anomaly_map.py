@@ -81,7 +81,9 @@ def anomaly_maps(output: UniMMADOutput, config: UniMMADConfig) -> AnomalyMaps:
     """Maps and scores of every sample of a forward (fusion, blur and top fraction from `config`)."""
     size = config.image_size
     distances = [
-        scatter_pairs(cosine_distance(prior, prediction), output.pair_sample, output.pair_slot, output.modality_present)
+        scatter_pairs(
+            cosine_distance(prior, prediction), output.pair_sample, output.pair_slot, output.modality_present
+        )
         for prior, prediction in zip(output.priors, output.predictions)
     ]  # per level [B, M, h_l, w_l]
     if config.anomaly_fusion == "code":

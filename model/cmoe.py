@@ -186,7 +186,9 @@ class MiMoE(nn.Module):
         logits = self.gate(condition)
         probs = logits.softmax(dim=-1)
         idx, scores = top_k_routing(probs, self.top_k)
-        return GateOutput(probs, idx, scores, importance_cv2(probs), self.z_loss_weight * router_z_loss(logits))
+        return GateOutput(
+            probs, idx, scores, importance_cv2(probs), self.z_loss_weight * router_z_loss(logits)
+        )
 
     def forward(
         self,
@@ -251,7 +253,8 @@ class CMoE(nn.Module):
             nn.ReLU(),
         )
         self.expert_bases = nn.ParameterList(
-            nn.Parameter(torch.randn(base_experts, width, width, size, size) * BASE_BANK_STD) for size in kernel_sizes
+            nn.Parameter(torch.randn(base_experts, width, width, size, size) * BASE_BANK_STD)
+            for size in kernel_sizes
         )
         self.MoEs = nn.ModuleList(
             MiMoE(width, size, base_experts, leaders, top_k, z_loss_weight) for size in kernel_sizes

@@ -40,7 +40,12 @@ def inactive_bank_parameters(model: UniMMAD) -> int:
 
 def breakdown_modules(model: UniMMAD) -> dict[str, nn.Module]:
     """The top-level parts reported separately, by their parameter-name prefix."""
-    parts: dict[str, nn.Module] = {"prior": model.prior, "stem": model.stem, "encoder": model.encoder, "fcm": model.fcm}
+    parts: dict[str, nn.Module] = {
+        "prior": model.prior,
+        "stem": model.stem,
+        "encoder": model.encoder,
+        "fcm": model.fcm,
+    }
     parts.update({f"c_moes.{level}": cmoe for level, cmoe in enumerate(model.c_moes)})
     return parts
 

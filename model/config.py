@@ -79,12 +79,18 @@ class UniMMADConfig:
     batch_size: int = 10
 
     def __post_init__(self) -> None:
-        choices = {"stem": STEM_VARIANTS, "anomaly_fusion": ANOMALY_FUSIONS, "loss_reduction": LOSS_REDUCTIONS}
+        choices = {
+            "stem": STEM_VARIANTS,
+            "anomaly_fusion": ANOMALY_FUSIONS,
+            "loss_reduction": LOSS_REDUCTIONS,
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"config {name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
         if self.image_size <= 0 or self.image_size % CODE_STRIDE:
-            raise ValueError(f"config image_size={self.image_size} must be a positive multiple of {CODE_STRIDE}")
+            raise ValueError(
+                f"config image_size={self.image_size} must be a positive multiple of {CODE_STRIDE}"
+            )
         if not 1 <= self.max_modalities <= 4:
             raise ValueError(f"config max_modalities={self.max_modalities} must be within 1..4")
         if not 1 <= self.top_k <= self.leaders:

@@ -50,16 +50,13 @@ class AlignBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         # Official attribute names: `upsample` for the transposed shortcut, `downsample` otherwise.
-        if mode == "up":
-            self.upsample = shortcut
-        else:
-            self.downsample = shortcut
         self.shortcut_name = "upsample" if mode == "up" else "downsample"
+        self.add_module(self.shortcut_name, shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + getattr(self, self.shortcut_name)(x))
+        return F.relu(out + self.get_submodule(self.shortcut_name)(x))
 
 
 class SeparableBranch(nn.Module):
@@ -67,7 +64,9 @@ class SeparableBranch(nn.Module):
 
     def __init__(self, channels: int, branch_width: int, kernel_size: int) -> None:
         super().__init__()
-        self.dw = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
+        self.dw = nn.Conv2d(
+            channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False
+        )
         self.pw = nn.Conv2d(channels, branch_width, 1, bias=False)
         self.na = gn_relu(branch_width)
 
@@ -100,7 +99,9 @@ class OutFuse(nn.Module):
     def __init__(self, in_channels: int, channels: int, code_channels: int) -> None:
         super().__init__()
         self.proj = nn.Sequential(nn.Conv2d(in_channels, channels, 1, bias=False), gn_relu(channels))
-        self.head = nn.Sequential(nn.Conv2d(channels, code_channels, 2, stride=2, bias=False), gn_relu(code_channels))
+        self.head = nn.Sequential(
+            nn.Conv2d(channels, code_channels, 2, stride=2, bias=False), gn_relu(code_channels)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.proj(x))
@@ -127,7 +128,10 @@ class DeBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.upsample = (
-            nn.Sequential(nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False), nn.BatchNorm2d(out_channels))
+            nn.Sequential(
+                nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
             if upsample
             else None
         )
@@ -147,13 +151,17 @@ class Decoder(nn.Module):
     transposed convs keep PyTorch's default init, exactly as RD's init loop leaves them (spec 4.7).
     """
 
-    def __init__(self, code_channels: int, planes: tuple[int, int, int], blocks: tuple[int, int, int]) -> None:
+    def __init__(
+        self, code_channels: int, planes: tuple[int, int, int], blocks: tuple[int, int, int]
+    ) -> None:
         super().__init__()
         in_channels = code_channels
         for stage, (stage_planes, stage_blocks) in enumerate(zip(planes, blocks)):
             layers = [DeBottleneck(in_channels, stage_planes, upsample=True)]
             in_channels = stage_planes * DECODER_EXPANSION
-            layers += [DeBottleneck(in_channels, stage_planes, upsample=False) for _ in range(stage_blocks - 1)]
+            layers += [
+                DeBottleneck(in_channels, stage_planes, upsample=False) for _ in range(stage_blocks - 1)
+            ]
             self.add_module(f"layer{stage + 1}", nn.Sequential(*layers))
         for module in self.modules():
             if type(module) is nn.Conv2d:

@@ -42,11 +42,17 @@ def focal_cosine(prior: Tensor, prediction: Tensor, gamma: float) -> Tensor:
 
 
 def decompression_loss(
-    output: UniMMADOutput, sample_weights: Tensor | None = None, gamma: float = 2.0, reduction: str = "per_sample"
+    output: UniMMADOutput,
+    sample_weights: Tensor | None = None,
+    gamma: float = 2.0,
+    reduction: str = "per_sample",
 ) -> Tensor:
     """Focal cosine loss summed over levels and reduced over pairs; sample_weights [B] (None = all 1)."""
     per_pair = torch.stack(
-        [focal_cosine(prior, prediction, gamma) for prior, prediction in zip(output.priors, output.predictions)]
+        [
+            focal_cosine(prior, prediction, gamma)
+            for prior, prediction in zip(output.priors, output.predictions)
+        ]
     ).sum(dim=0)
     batch = output.modality_present.shape[0]
     if sample_weights is None:

@@ -45,7 +45,9 @@ class InputStem(nn.Module):
         super().__init__()
         self.variant = variant
         if variant == "head":
-            self.input_embedding = nn.Parameter(torch.randn(HEAD_CHANNELS, image_size, image_size) * HEAD_EMBEDDING_STD)
+            self.input_embedding = nn.Parameter(
+                torch.randn(HEAD_CHANNELS, image_size, image_size) * HEAD_EMBEDDING_STD
+            )
             first, second = widths
             self.stem = nn.Sequential(
                 nn.Conv2d(HEAD_CHANNELS, first, 3, padding=1),
@@ -58,7 +60,9 @@ class InputStem(nn.Module):
             )
             self.shortcut: nn.Module | None = nn.Conv2d(HEAD_CHANNELS, 3, 1)
         elif variant == "v1":
-            self.input_embedding = nn.Parameter(torch.randn(V1_CHANNELS, image_size, image_size) * V1_EMBEDDING_STD)
+            self.input_embedding = nn.Parameter(
+                torch.randn(V1_CHANNELS, image_size, image_size) * V1_EMBEDDING_STD
+            )
             self.stem = nn.Sequential(nn.Conv2d(V1_CHANNELS, 3, 3, padding=1))
             self.shortcut = None
         else:

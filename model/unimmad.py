@@ -101,8 +101,12 @@ class UniMMAD(nn.Module):
         if self.config.prior_weights is not None:
             return load_trunk_weights(self.prior, self.config.prior_weights)
         if not allow_random_prior:
-            hint = getattr(self.prior, "weights_hint", "pass an ImageNet state dict with --prior-weights PATH")
-            raise ValueError(f"the {self.config.preset} preset needs ImageNet weights for its frozen prior: {hint}")
+            hint = getattr(
+                self.prior, "weights_hint", "pass an ImageNet state dict with --prior-weights PATH"
+            )
+            raise ValueError(
+                f"the {self.config.preset} preset needs ImageNet weights for its frozen prior: {hint}"
+            )
         if not is_meta(self.prior):
             logger.warning("prior trunk %s has random weights (allow_random_prior)", self.config.prior_trunk)
         return None
@@ -141,9 +145,13 @@ class UniMMAD(nn.Module):
         if images.shape[2] != 3:
             raise ValueError(f"every modality image must have 3 channels, got {images.shape[2]}")
         if images.shape[3] != size or images.shape[4] != size:
-            raise ValueError(f"images must be {size}x{size} (config image_size), got {images.shape[3]}x{images.shape[4]}")
+            raise ValueError(
+                f"images must be {size}x{size} (config image_size), got {images.shape[3]}x{images.shape[4]}"
+            )
         if not 1 <= images.shape[1] <= self.config.max_modalities:
-            raise ValueError(f"images hold {images.shape[1]} modality slots; 1..{self.config.max_modalities} allowed")
+            raise ValueError(
+                f"images hold {images.shape[1]} modality slots; 1..{self.config.max_modalities} allowed"
+            )
 
     def forward(
         self,
@@ -201,8 +209,10 @@ def is_meta(module: nn.Module) -> bool:
 def presence_mask(modality_count: Tensor, batch: int, slots: int) -> Tensor:
     """[B] counts in 1..slots -> [B, slots] bool, True where the slot holds a modality."""
     if modality_count.shape != (batch,) or modality_count.dtype.is_floating_point:
-        raise ValueError(f"modality_count must be an integer tensor of shape [{batch}], got {modality_count.dtype} "
-                         f"{list(modality_count.shape)}")
+        raise ValueError(
+            f"modality_count must be an integer tensor of shape [{batch}], got {modality_count.dtype} "
+            f"{list(modality_count.shape)}"
+        )
     if bool(((modality_count < 1) | (modality_count > slots)).any()):
         raise ValueError(f"modality_count values must be within 1..{slots}, got {modality_count.tolist()}")
     return torch.arange(slots, device=modality_count.device)[None, :] < modality_count[:, None]

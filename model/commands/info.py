@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", default="paper", choices=list(PRESETS), help="model preset (default: paper)")
+    parser.add_argument(
+        "--preset", default="paper", choices=list(PRESETS), help="model preset (default: paper)"
+    )
     parser.add_argument(
         "--modalities",
         default=DEFAULT_MODALITIES,
@@ -51,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report))
         return 0
     print(f"preset {report['preset']}, input {report['input_size']} ({', '.join(report['modalities'])})")
-    print(f"params total {report['params_total']:,}  active {report['params_active']:,}  "
-          f"trainable {report['params_trainable']:,}  GMACs {report['gmacs']:.2f}")
+    print(
+        f"params total {report['params_total']:,}  active {report['params_active']:,}  "
+        f"trainable {report['params_trainable']:,}  GMACs {report['gmacs']:.2f}"
+    )
     for name, part in report["modules"].items():
         print(f"  {name:<10} params {part['params']:>12,}  GMACs {part['gmacs']:8.3f}")
     return 0

@@ -83,9 +83,15 @@ def test_code_fusion_is_root_sum_square_over_levels_and_modalities(config: UniMM
     expected_fused = math.sqrt(0.3**2 + 0.4**2 + 0.1**2 + 0.2**2 + 0.5**2)
     assert maps.fused.shape == (1, SIZE, SIZE) and maps.per_modality.shape == (1, 2, SIZE, SIZE)
     assert maps.fused[0, centre, centre].item() == pytest.approx(expected_fused, rel=1e-4)
-    assert maps.per_modality[0, 0, centre, centre].item() == pytest.approx(math.sqrt(0.3**2 + 0.1**2), rel=1e-4)
-    assert maps.per_modality[0, 1, centre, centre].item() == pytest.approx(math.sqrt(0.4**2 + 0.2**2 + 0.5**2), rel=1e-4)
-    assert maps.image_score[0].item() == pytest.approx(expected_fused, rel=1e-4)  # interior plateau is the top
+    assert maps.per_modality[0, 0, centre, centre].item() == pytest.approx(
+        math.sqrt(0.3**2 + 0.1**2), rel=1e-4
+    )
+    assert maps.per_modality[0, 1, centre, centre].item() == pytest.approx(
+        math.sqrt(0.4**2 + 0.2**2 + 0.5**2), rel=1e-4
+    )
+    assert maps.image_score[0].item() == pytest.approx(
+        expected_fused, rel=1e-4
+    )  # interior plateau is the top
 
 
 def test_paper_fusion_is_the_level_mean_of_rss_over_modalities(config: UniMMADConfig) -> None:

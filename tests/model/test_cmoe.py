@@ -98,7 +98,8 @@ def test_bank_routed_conv_equals_the_composed_kernels(size: int) -> None:
     scores = torch.rand(4, TOP_K).softmax(-1)
     kernels = leader_kernels(bank, table, idx)
     expected = sum(
-        scores[:, j, None, None, None] * grouped_dynamic_conv(x, kernels[:, j : j + 1])[:, 0] for j in range(TOP_K)
+        scores[:, j, None, None, None] * grouped_dynamic_conv(x, kernels[:, j : j + 1])[:, 0]
+        for j in range(TOP_K)
     )
     torch.testing.assert_close(bank_routed_conv(x, bank, table, idx, scores), expected, atol=1e-5, rtol=1e-5)
 
@@ -146,8 +147,9 @@ def test_forced_routing_replaces_the_gate_and_skips_the_prior() -> None:
     assert not torch.allclose(cmoe(general, None, routing=other).prediction, free.prediction)
     broadcast = [ForcedRoute(torch.tensor([[1, 4]]), torch.tensor([[0.7, 0.3]]))] * 3
     grouped = cmoe(general, None, routing=broadcast).prediction
-    torch.testing.assert_close(cmoe(general, None, routing=broadcast, kernel_mode="bank").prediction, grouped,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        cmoe(general, None, routing=broadcast, kernel_mode="bank").prediction, grouped, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_bad_routing_and_kernel_mode_are_rejected() -> None:

