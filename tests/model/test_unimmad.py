@@ -176,3 +176,27 @@ def test_forward_and_maps_trace_with_dynamic_batch_and_modalities(tiny_model: Un
     other = images(3, 3, seed=1)
     for traced, eager in zip(program.module()(other), wrapper(other)):
         torch.testing.assert_close(traced, eager)
+
+
+def test_parameter_names_follow_the_official_checkpoint_keys(tiny_model: UniMMAD) -> None:
+    keys = set(tiny_model.state_dict())
+    official = {
+        "stem.input_embedding",
+        "stem.stem.6.weight",
+        "stem.shortcut.weight",
+        "fcm.conv_x1.0.downsample.weight",
+        "fcm.conv_x3.0.upsample.bias",
+        "fcm.bn5.b2.na.0.weight",
+        "fcm.bn1.post.1.0.weight",
+        "fcm.out_bn3.head.1.0.weight",
+        "fcm.decoder.layer1.0.upsample.1.running_mean",
+        "fcm.final.2.weight",
+        "c_moes.2.conv_cond.1.running_var",
+        "c_moes.0.expert_bases.2",
+        "c_moes.1.MoEs.0.soft_expert",
+        "c_moes.1.MoEs.2.experts",
+        "c_moes.1.MoEs.2.gate.gate.bias",
+        "c_moes.0.conv_out_first.0.weight",
+    }
+    assert official <= keys, sorted(official - keys)
+    assert not any("conv_out_second" in key or "prior_head" in key for key in keys)
