@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import NoReturn
 
-COMMANDS = ["info", "metrics"]
+COMMANDS = ["info", "metrics", "train", "evaluate"]
 USAGE_ERROR = 2
 
 

@@ -210,6 +210,20 @@ def _check_prior(config: Mapping[str, Any], model_config: UniMMADConfig) -> None
         )
 
 
+def restore_weights(directory: str | Path, model: UniMMAD) -> None:
+    """Load model.safetensors into ``model`` in place; every saved key must match the model exactly."""
+    path = Path(directory) / MODEL_FILE
+    tensors = _read_tensors(path)
+    expected = set(model_tensors(model))
+    if set(tensors) != expected:
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise CheckpointError(
+            f"{path} does not fit the {model.config.preset} model: {len(missing)} keys missing "
+            f"(first: {missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})"
+        )
+    model.load_state_dict(tensors, strict=False)
+
+
 def load_checkpoint(
     directory: str | Path, prior_weights: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[UniMMAD, dict[str, Any]]:
@@ -229,15 +243,7 @@ def load_checkpoint(
     else:
         _check_prior(config, model_config)
     model = UniMMAD(model_config, allow_random_prior=random_prior)
-    tensors = _read_tensors(folder / MODEL_FILE)
-    expected = set(model_tensors(model))
-    if set(tensors) != expected:
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise CheckpointError(
-            f"{folder / MODEL_FILE} does not fit the {model_config.preset} model: "
-            f"{len(missing)} missing (first: {missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})"
-        )
-    model.load_state_dict(tensors, strict=False)
+    restore_weights(folder, model)
     logger.info("loaded checkpoint %s (preset %s)", folder, model_config.preset)
     return model.to(device).eval(), config
 
