@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX bundle with the C-MoE routing frozen per domain; verification and benchmarks."""

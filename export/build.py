@@ -1,0 +1,186 @@
+"""Checkpoint -> bundle: calibrate routing, fold kernels, export both graphs, set thresholds, write the manifest.
+
+    for each domain: normal training refs --split_holdout--> (calibration refs, held-out refs)
+                     calibration refs --per-sample gates--> frozen routing (export.calibration)
+    frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --> model.onnx (+ data)   (export.frozen)
+    per-sample routing ----------------------------------------> model_dynamic.onnx (+ data)
+    held-out normals --model.onnx image scores--> threshold per domain        (export.threshold)
+    manifest.json (validated by bundle.manifest) + calibration.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxscript
+import torch
+from tqdm import tqdm
+
+from bundle.loader import MANIFEST_NAME
+from bundle.manifest import Manifest
+from export.calibration import Calibration, calibrate
+from export.fold import kernel_banks
+from export.frozen import DynamicUniMMAD, FrozenUniMMAD
+from export.onnx_graph import OPSET, check_graph, export_graph, graph_spec
+from export.precision import convert_to_fp16
+from export.routing import branch_name
+from export.samples import DomainData, batches
+from export.threshold import DEFAULT_TARGET_FPR, Threshold, choose_threshold
+from model.data.holdout import split_holdout
+from model.unimmad import UniMMAD
+
+logger = logging.getLogger(__name__)
+
+FROZEN_FILE = "model.onnx"
+DYNAMIC_FILE = "model_dynamic.onnx"
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_HOLDOUT_FRACTION = 0.1
+DEFAULT_HOLDOUT_SEED = 0
+
+
+@dataclass(frozen=True)
+class BundleOptions:
+    """Everything `python -m export bundle` can change besides the checkpoint and data."""
+
+    target_fpr: float = DEFAULT_TARGET_FPR
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    holdout_seed: int = DEFAULT_HOLDOUT_SEED
+    batch_size: int = 8
+    fp16: bool = False
+    model_version: str = "unimmad"
+
+
+def run_holdout(run_config: dict[str, Any]) -> tuple[float, int]:
+    """The holdout fraction and seed recorded by training (DEFAULT_* when the run recorded none)."""
+    data = run_config.get("data") or {}
+    holdout = data.get("holdout") or {}
+    return (
+        float(holdout.get("fraction", data.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION))),
+        int(holdout.get("seed", data.get("holdout_seed", DEFAULT_HOLDOUT_SEED))),
+    )
+
+
+def frozen_scores(session: ort.InferenceSession, data: DomainData, refs: Sequence, index: int, model: UniMMAD,
+                  batch_size: int) -> np.ndarray:
+    """Image scores of `refs` from the frozen ONNX graph (what the service thresholds): float [n]."""
+    scores = [
+        session.run(["image_score"], {"images": batch.images.numpy(), "domain": np.array([index])})[0]
+        for batch in batches(data, refs, model.config, batch_size)
+    ]
+    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+
+def build_bundle(
+    model: UniMMAD, run_config: dict[str, Any], domains: Sequence[DomainData], out: Path, options: BundleOptions
+) -> Manifest:
+    """Write a complete bundle for `domains` (domain index = position) into `out`; returns its manifest."""
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    split_name = f"holdout(fraction={options.holdout_fraction}, seed={options.holdout_seed})"
+    calibrations: list[Calibration] = []
+    splits = []
+    for data in tqdm(domains, desc="calibrating routing", unit="domain"):
+        train, holdout = split_holdout(data.normal_train_refs(), options.holdout_fraction, options.holdout_seed)
+        if not train:
+            raise ValueError(f"domain {data.name} has no normal training samples to calibrate its routing")
+        images = (batch.images for batch in batches(data, train, config, options.batch_size))
+        calibrations.append(calibrate(model, images))
+        splits.append((train, holdout))
+        logger.info("domain %s: routing agreement %.3f over %d samples", data.name, calibrations[-1].agreement,
+                    len(train))
+
+    banks = kernel_banks(model, [calibration.routing for calibration in calibrations])
+    # Two samples and two slots: torch.export specialises any dimension traced at size 1.
+    example = torch.zeros(2, 2, 3, config.image_size, config.image_size)
+    logger.info("exporting the frozen graph")
+    export_graph(FrozenUniMMAD(model, banks), (example, torch.tensor([0])), out / FROZEN_FILE, with_domain=True)
+    logger.info("exporting the dynamic graph")
+    export_graph(DynamicUniMMAD(model), (example,), out / DYNAMIC_FILE, with_domain=False)
+    if options.fp16:
+        for name in (FROZEN_FILE, DYNAMIC_FILE):
+            convert_to_fp16(out / name)
+    session = check_graph(out / FROZEN_FILE)
+    check_graph(out / DYNAMIC_FILE)
+
+    thresholds: list[Threshold] = []
+    for index, (data, (train, holdout)) in enumerate(tqdm(list(zip(domains, splits)), desc="thresholds", unit="domain")):
+        thresholds.append(
+            choose_threshold(
+                frozen_scores(session, data, holdout, index, model, options.batch_size),
+                lambda: frozen_scores(session, data, train, index, model, options.batch_size),
+                options.target_fpr,
+                split_name,
+            )
+        )
+    manifest = make_manifest(model, domains, calibrations, thresholds, out, options)
+    (out / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    calibration_report = {
+        data.name: calibration.summary(config.kernel_sizes) for data, calibration in zip(domains, calibrations)
+    }
+    (out / CALIBRATION_FILE).write_text(json.dumps(calibration_report, indent=2), encoding="utf-8")
+    logger.info("bundle written to %s", out)
+    return manifest
+
+
+def make_manifest(
+    model: UniMMAD,
+    domains: Sequence[DomainData],
+    calibrations: Sequence[Calibration],
+    thresholds: Sequence[Threshold],
+    out: Path,
+    options: BundleOptions,
+) -> Manifest:
+    """The manifest, validated through bundle.manifest (so the service reads exactly what is written)."""
+    config = model.config
+    domain_entries = {}
+    for index, (data, calibration, threshold) in enumerate(zip(domains, calibrations, thresholds)):
+        summary = calibration.summary(config.kernel_sizes)
+        domain_entries[data.name] = {
+            "index": index,
+            "modalities": [spec.to_dict() for spec in data.domain.modalities],
+            "threshold": threshold.value,
+            "threshold_method": {
+                "method": threshold.method,
+                "target_fpr": threshold.target_fpr,
+                "n_images": threshold.n_images,
+                "split": threshold.split,
+            },
+            "loss_weight": data.domain.loss_weight,
+            "routing": {
+                "agreement": calibration.agreement,
+                "leaders": [
+                    {key: gate[key] for key in ("level", "branch", "slot", "experts", "scores")}
+                    for gate in summary["gates"]
+                ],
+            },
+        }
+    return Manifest.model_validate(
+        {
+            "model_version": options.model_version,
+            "preset": config.preset,
+            "created_at": datetime.now(UTC).isoformat(),
+            "input_size": config.image_size,
+            "normalization": {"mean": list(config.mean), "std": list(config.std)},
+            "image_score": {"reduction": "top_fraction_mean", "fraction": config.top_pixels / config.image_size**2},
+            "anomaly_map": {"fusion": "rss", "blur_sigma": config.blur_sigma, "blur_kernel": config.blur_kernel},
+            "versions": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "opset": OPSET,
+                "onnxscript": onnxscript.__version__,
+                "onnxruntime": ort.__version__,
+            },
+            "graphs": {"frozen": graph_spec(out / FROZEN_FILE, out), "dynamic": graph_spec(out / DYNAMIC_FILE, out)},
+            "domains": domain_entries,
+        }
+    )

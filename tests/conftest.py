@@ -1,0 +1,68 @@
+"""Session fixtures shared across packages: a tiny trained-format checkpoint and the bundle exported from it.
+
+`tiny_checkpoint` is a random-init UniMMAD (lite trunks, every width shrunk, 64 px) saved with
+model.checkpoint.save_model; `tiny_bundle` is that checkpoint exported by the real exporter on a small
+synthetic data set (all four synthetic domains, 1 to 4 modalities). Both are built once per session.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.build import BundleOptions, build_bundle
+from export.samples import select_domains
+from model.checkpoint import load_checkpoint, save_model
+from model.config import PRESETS, UniMMADConfig
+from model.data import SyntheticConfig, SyntheticSource
+from model.unimmad import UniMMAD
+
+TINY_SIZE = 64
+TINY_HOLDOUT = {"fraction": 0.25, "seed": 0}
+
+
+def tiny_export_config() -> UniMMADConfig:
+    """Lite trunks with random weights, C-MoE structure kept (3 bases, 6 leaders, top-2, k = 1/3/5) at E = 8."""
+    return PRESETS["lite"].replace(
+        preset="tiny",
+        image_size=TINY_SIZE,
+        prior_weights=None,
+        encoder_weights=None,
+        stem_widths=(4, 8),
+        fcm_width=16,
+        fcm_branch_width=5,
+        code_channels=32,
+        decoder_planes=(8, 4, 2),
+        decoder_blocks=(1, 1, 1),
+        moe_width=8,
+        base_experts=3,
+        leaders=6,
+    )
+
+
+def tiny_synthetic_source() -> SyntheticSource:
+    """The synthetic domains at 64 px with a few samples each: 8 normal train, 3 + 3 test."""
+    sizes = SyntheticConfig(size=TINY_SIZE, train_per_domain=8, test_normal_per_domain=3, test_defective_per_domain=3)
+    return SyntheticSource("synthetic", sizes)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runs/tiny: config.json + model.safetensors of a random-init tiny model (random prior saved with it)."""
+    torch.manual_seed(0)
+    model = UniMMAD(tiny_export_config(), allow_random_prior=True)
+    run_config = {"data": {"spec": "synthetic", "holdout": TINY_HOLDOUT}}
+    return save_model(tmp_path_factory.mktemp("runs") / "tiny", model, run_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle exported from `tiny_checkpoint` by export.build (frozen + dynamic graphs, four domains)."""
+    model, run_config = load_checkpoint(tiny_checkpoint)
+    domains = select_domains([tiny_synthetic_source()], None)
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    options = BundleOptions(holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4)
+    build_bundle(model, run_config, domains, out, options)
+    return out
