@@ -62,7 +62,8 @@ class FrozenUniMMAD(nn.Module):
         self.fcm = model.fcm
         self.c_moes = nn.ModuleList(FrozenCMoE(cmoe, level_banks, method) for cmoe, level_banks in zip(model.c_moes, banks))
 
-    def forward(self, images: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def network_output(self, images: Tensor, domain: Tensor) -> UniMMADOutput:
+        """Priors and predictions as UniMMAD.forward returns them (routes empty, balance loss 0)."""
         batch, slots = images.shape[:2]
         pairs = images.transpose(0, 1).reshape(slots * batch, *images.shape[2:])
         pair_sample, pair_slot = slot_major_pairs(batch, slots, images.device)
@@ -72,8 +73,10 @@ class FrozenUniMMAD(nn.Module):
             cmoe(level.repeat(slots, 1, 1, 1), domain, slots) for cmoe, level in zip(self.c_moes, general)
         ]
         present = torch.ones(batch, slots, dtype=torch.bool, device=images.device)
-        output = UniMMADOutput(priors, predictions, pair_sample, pair_slot, present, [], images.new_zeros(()))
-        maps = anomaly_maps(output, self.config)
+        return UniMMADOutput(priors, predictions, pair_sample, pair_slot, present, [], images.new_zeros(()))
+
+    def forward(self, images: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        maps = anomaly_maps(self.network_output(images, domain), self.config)
         return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores
 
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bundle.manifest import DomainSpec
 from model.cmoe import ForcedRoute
-from model.unimmad import Routing
+from model.config import UniMMADConfig
+from model.unimmad import LEVELS, Routing
 
 
 def branch_name(kernel_size: int) -> str:
@@ -62,3 +64,23 @@ def slot_major_pairs(batch: int, slots: int, device: torch.device | None = None)
     pair_sample = torch.arange(batch, device=device)[None, :].expand(grid).reshape(-1)
     pair_slot = torch.arange(slots, device=device)[:, None].expand(grid).reshape(-1)
     return pair_sample, pair_slot
+
+
+def routing_from_manifest(spec: DomainSpec, config: UniMMADConfig) -> DomainRouting:
+    """Rebuild a domain's frozen routing from its manifest entry (every slot, level and branch must be there)."""
+    slots, levels, branches = len(spec.modalities), LEVELS, len(config.kernel_sizes)
+    names = [branch_name(size) for size in config.kernel_sizes]
+    idx = torch.full((slots, levels, branches, config.top_k), -1, dtype=torch.int64)
+    scores = torch.zeros(slots, levels, branches, config.top_k)
+    for leaders in spec.routing.leaders:
+        if leaders.branch not in names or leaders.slot >= slots or leaders.level >= levels:
+            raise ValueError(f"manifest routing names an unknown gate (slot {leaders.slot}, level {leaders.level}, "
+                             f"branch {leaders.branch})")
+        if len(leaders.experts) != config.top_k:
+            raise ValueError(f"manifest routing has {len(leaders.experts)} experts per gate, the model uses top-{config.top_k}")
+        gate = (leaders.slot, leaders.level, names.index(leaders.branch))
+        idx[gate] = torch.tensor(leaders.experts)
+        scores[gate] = torch.tensor(leaders.scores)
+    if bool((idx < 0).any()):
+        raise ValueError("manifest routing misses some (slot, level, branch) gates")
+    return DomainRouting(idx, scores)

@@ -64,3 +64,18 @@ def batches(data: DomainData, refs: Sequence[SampleRef], config: UniMMADConfig, 
             [prepare_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool) for s in samples]
         )
         yield Batch(torch.from_numpy(images), masks, np.array([s.label for s in samples], dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class LimitedDomainData(DomainData):
+    """A domain cut to its first `limit` normal training samples and first `limit` test samples of each
+    label (quick runs; both labels stay represented); the same refs every time."""
+
+    limit: int = 0
+
+    def normal_train_refs(self) -> list[SampleRef]:
+        return super().normal_train_refs()[: self.limit]
+
+    def test_refs(self) -> list[SampleRef]:
+        refs = super().test_refs()
+        return [ref for label in (0, 1) for ref in [r for r in refs if r.label == label][: self.limit]]

@@ -1,0 +1,133 @@
+"""`python -m export {bundle,verify,bench}`: checkpoint -> ONNX bundle, its verification, its benchmark.
+
+Errors are one line on stderr and exit status 1 (2 for bad arguments); logs go to stderr, JSON reports
+to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bundle.loader import BundleError
+from export.onnx_graph import ExportError
+from export.threshold import DEFAULT_TARGET_FPR
+
+logger = logging.getLogger("export")
+
+
+def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="training run folder (config.json + model.safetensors)")
+    parser.add_argument("--prior-weights", help="where the prior's weights file lives now, if it moved since training")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="data spec (default: the one recorded in the checkpoint), e.g. 'synthetic'")
+    parser.add_argument("--domains", nargs="+", help="only these domains (default: every domain of the data)")
+    parser.add_argument("--max-samples", type=int, help="at most this many samples per domain and split (quick runs)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size of calibration/evaluation (default 8)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bundle = commands.add_parser("bundle", help="calibrate routing per domain, fold, export both graphs, write the bundle")
+    _add_checkpoint(bundle)
+    _add_data(bundle)
+    bundle.add_argument("--out", required=True, type=Path, help="bundle folder to write (created)")
+    bundle.add_argument("--fp16", action="store_true", help="float16 weights/activations inside the graphs (I/O stay float32)")
+    bundle.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
+                        help=f"false positive rate on held-out normals the threshold aims at (default {DEFAULT_TARGET_FPR})")
+    bundle.add_argument("--model-version", default=None, help="manifest model_version (default: the checkpoint folder name)")
+
+    verify = commands.add_parser("verify", help="fold exactness, torch vs onnxruntime, per-sample vs frozen AUROC")
+    verify.add_argument("bundle", type=Path, help="bundle folder")
+    _add_checkpoint(verify)
+    _add_data(verify)
+    verify.add_argument("--json", action="store_true", help="print the report as JSON (default: indented summary)")
+
+    bench = commands.add_parser("bench", help="images/s of torch eager, ORT dynamic and ORT frozen at batch 1 and 8")
+    bench.add_argument("bundle", type=Path, help="bundle folder")
+    _add_checkpoint(bench)
+    bench.add_argument("--domain", help="domain whose modality count is benchmarked (default: the first)")
+    bench.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement at least this long")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON (default: indented summary)")
+    return parser
+
+
+def _positive(parser: argparse.ArgumentParser, name: str, value: int | float | None) -> None:
+    if value is not None and value <= 0:
+        parser.error(f"{name} must be positive, got {value}")
+
+
+def _domains(args: argparse.Namespace, run_config: dict) -> list:
+    from export.samples import select_domains
+    from model.data import parse_data_spec
+
+    spec = args.data or (run_config.get("data") or {}).get("spec")
+    if not spec:
+        raise ValueError("the checkpoint records no data spec; pass --data SPEC")
+    domains = select_domains(parse_data_spec(spec), args.domains)
+    if args.max_samples:
+        from export.samples import LimitedDomainData
+
+        domains = [LimitedDomainData(data.source, data.domain, args.max_samples) for data in domains]
+    return domains
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    from export.bench import bench
+    from export.build import BundleOptions, build_bundle, run_holdout
+    from export.verify import verify
+    from model.checkpoint import load_checkpoint
+
+    model, run_config = load_checkpoint(args.checkpoint, prior_weights=args.prior_weights)
+    if args.command == "bench":
+        return bench(args.bundle, model, args.domain, args.min_seconds)
+    domains = _domains(args, run_config)
+    if args.command == "verify":
+        return verify(args.bundle, model, domains, args.batch_size)
+    fraction, seed = run_holdout(run_config)
+    options = BundleOptions(
+        target_fpr=args.target_fpr,
+        holdout_fraction=fraction,
+        holdout_seed=seed,
+        batch_size=args.batch_size,
+        fp16=args.fp16,
+        model_version=args.model_version or args.checkpoint.resolve().name,
+    )
+    build_bundle(model, run_config, domains, args.out, options)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "max_samples", "min_seconds"):
+        _positive(parser, f"--{name.replace('_', '-')}", getattr(args, name, None))
+    if args.command == "bundle" and not 0 <= args.target_fpr < 1:
+        parser.error(f"--target-fpr must be within [0, 1), got {args.target_fpr}")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}',
+        stream=sys.stderr,
+    )
+    try:
+        report = run(args)
+    except (ValueError, BundleError, ExportError, OSError, KeyError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    if report is not None:
+        print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

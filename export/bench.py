@@ -1,0 +1,116 @@
+"""`export bench`: throughput of torch eager (per-sample routing) vs the dynamic and frozen ONNX graphs.
+
+All timings in one process on the same machine and inputs (one domain, its modality count), batch 1
+and 8. C-MoE FLOPs come from torch's FlopCounterMode (official grouped dynamic routing vs the folded
+frozen branches); the frozen graph's achieved GFLOP/s is its counted FLOPs x batches/s, set against a
+numpy float32 matmul on the same threads to show how far from the machine's peak it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from bundle.loader import load_bundle
+from export.fold import kernel_banks
+from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
+from export.onnx_graph import check_graph
+from export.routing import routing_from_manifest
+from model.anomaly_map import anomaly_maps
+from model.unimmad import UniMMAD
+
+BATCH_SIZES = (1, 8)
+MATMUL_SIZE = 1024
+GIGA = 1e9
+
+
+def throughput(run: Callable[[], Any], batch: int, min_seconds: float, warmup: int = 2) -> float:
+    """Images per second of `run` (one batch per call), timed over at least `min_seconds` and 3 calls."""
+    for _ in range(warmup):
+        run()
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < min_seconds:
+        run()
+        calls += 1
+    return batch * calls / (time.perf_counter() - start)
+
+
+def counted_flops(run: Callable[[], Any], prefix: str) -> tuple[int, int]:
+    """(total FLOPs, FLOPs of modules whose name contains `prefix`) of one call of `run`."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        run()
+    per_module = counter.get_flop_counts()
+    part = sum(sum(counts.values()) for name, counts in per_module.items() if name.count(".") == 1 and prefix in name)
+    return counter.get_total_flops(), part
+
+
+def matmul_gflops(min_seconds: float) -> float:
+    """numpy float32 matmul GFLOP/s ([MATMUL_SIZE]^2 @ [MATMUL_SIZE]^2) with numpy's default threads."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((MATMUL_SIZE, MATMUL_SIZE), dtype=np.float32) for _ in range(2))
+    calls_per_second = throughput(lambda: a @ b, 1, min_seconds)
+    return 2 * MATMUL_SIZE**3 * calls_per_second / GIGA
+
+
+@torch.no_grad()
+def bench(bundle_path: Path, model: UniMMAD, domain: str | None = None, min_seconds: float = 2.0) -> dict[str, Any]:
+    """The benchmark report of the bundle at `bundle_path` (domain: the manifest's first by default)."""
+    bundle = load_bundle(bundle_path)
+    manifest = bundle.manifest
+    name = domain or min(manifest.domains, key=lambda key: manifest.domains[key].index)
+    if name not in manifest.domains:
+        raise ValueError(f"domain {name} is not in the bundle (it has {', '.join(manifest.domains)})")
+    spec = manifest.domains[name]
+    ordered = sorted(manifest.domains.values(), key=lambda entry: entry.index)
+    frozen_torch = FrozenUniMMAD(model, kernel_banks(model, [routing_from_manifest(e, model.config) for e in ordered]))
+    frozen_session = check_graph(bundle.graph("frozen").model)
+    dynamic_session = check_graph(bundle.graph("dynamic").model)
+    slots, size = len(spec.modalities), manifest.input_size
+    domain_input = np.array([spec.index], dtype=np.int64)
+    model.eval()
+
+    results = []
+    for batch in tqdm(BATCH_SIZES, desc="benchmark", unit="batch size"):
+        images = torch.randn(batch, slots, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        feed = images.numpy()
+        frozen_rate = throughput(
+            lambda: frozen_session.run(list(OUTPUT_NAMES), {"images": feed, "domain": domain_input}), batch, min_seconds
+        )
+        rates = {
+            "torch_eager_per_sample": throughput(lambda: anomaly_maps(model(images), model.config), batch, min_seconds),
+            "ort_dynamic": throughput(lambda: dynamic_session.run(list(OUTPUT_NAMES), {"images": feed}), batch, min_seconds),
+            "ort_frozen": frozen_rate,
+        }
+        frozen_total, frozen_cmoe = counted_flops(
+            lambda: frozen_torch.network_output(images, torch.from_numpy(domain_input)), "c_moes"
+        )
+        _, dynamic_cmoe = counted_flops(lambda: model(images), "c_moes")
+        results.append(
+            {
+                "batch": batch,
+                "images_per_second": rates,
+                "frozen_vs_torch_speedup": frozen_rate / rates["torch_eager_per_sample"],
+                "cmoe_gflops": {"dynamic": dynamic_cmoe / GIGA, "frozen": frozen_cmoe / GIGA,
+                                "frozen_over_dynamic": frozen_cmoe / dynamic_cmoe},
+                "frozen_graph_gflops_per_batch": frozen_total / GIGA,
+                "frozen_achieved_gflop_per_s": frozen_total / GIGA * frozen_rate / batch,
+            }
+        )
+    return {
+        "bundle": str(bundle.root),
+        "domain": name,
+        "modalities": slots,
+        "input_size": size,
+        "threads": {"cpu_count": os.cpu_count(), "torch": torch.get_num_threads()},
+        "numpy_matmul_gflop_per_s": matmul_gflops(min_seconds),
+        "results": results,
+    }

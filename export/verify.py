@@ -1,0 +1,137 @@
+"""`export verify`: is the bundle the checkpoint, and what does freezing the routing cost?
+
+Report (JSON):
+- fold_max_abs_diff: torch with routing forced to the manifest's frozen choice vs the folded kernels
+  (C-MoE predictions of every level, every test batch);
+- onnxruntime: max abs diff of every output, frozen graph vs torch forced routing and dynamic graph vs
+  torch per-sample routing, on the same inputs;
+- per domain: image and pixel AUROC with per-sample routing (torch) and frozen routing (the frozen ONNX
+  graph the service runs), their difference, and whether it is within the goal
+  (IMAGE_AUROC_GOAL / PIXEL_AUROC_GOAL).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bundle.loader import Bundle, load_bundle
+from export.fold import kernel_banks
+from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
+from export.onnx_graph import check_graph
+from export.routing import forced_routing, routing_from_manifest, slot_major_pairs
+from export.samples import DomainData, batches
+from model.anomaly_map import anomaly_maps
+from model.metrics import auroc
+from model.unimmad import UniMMAD
+
+logger = logging.getLogger(__name__)
+
+IMAGE_AUROC_GOAL = 0.005  # 0.5 points
+PIXEL_AUROC_GOAL = 0.002  # 0.2 points
+
+
+def _max_diff(current: float, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    return max(current, float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max()))
+
+
+def _auroc_entry(per_sample: float | None, frozen: float | None, goal: float) -> dict[str, Any]:
+    difference = None if per_sample is None or frozen is None else per_sample - frozen
+    return {
+        "per_sample": per_sample,
+        "frozen": frozen,
+        "difference": difference,
+        "within_goal": None if difference is None else difference <= goal,
+    }
+
+
+def check_bundle_matches(bundle: Bundle, model: UniMMAD, domains: Sequence[DomainData]) -> None:
+    """ValueError unless the checkpoint and the data fit the bundle (size, domains and their modalities)."""
+    manifest = bundle.manifest
+    if manifest.input_size != model.config.image_size:
+        raise ValueError(f"bundle input size {manifest.input_size} != checkpoint image_size {model.config.image_size}")
+    for data in domains:
+        if data.name not in manifest.domains:
+            raise ValueError(f"domain {data.name} is not in the bundle (it has {', '.join(manifest.domains)})")
+        names = [entry.name for entry in manifest.domains[data.name].modalities]
+        if names != list(data.domain.modality_names):
+            raise ValueError(f"domain {data.name}: bundle modalities {names} != data modalities "
+                             f"{list(data.domain.modality_names)}")
+
+
+@torch.no_grad()
+def verify(
+    bundle_path: Path, model: UniMMAD, domains: Sequence[DomainData], batch_size: int = 8
+) -> dict[str, Any]:
+    """The verification report of the bundle at `bundle_path` against `model` on the test split of `domains`."""
+    bundle = load_bundle(bundle_path)
+    check_bundle_matches(bundle, model, domains)
+    manifest = bundle.manifest
+    ordered = sorted(manifest.domains.items(), key=lambda item: item[1].index)
+    routings = [routing_from_manifest(spec, model.config) for _, spec in ordered]
+    frozen_torch = FrozenUniMMAD(model, kernel_banks(model, routings)).eval()
+    frozen_session = check_graph(bundle.graph("frozen").model)
+    dynamic_session = check_graph(bundle.graph("dynamic").model)
+
+    fold_diff = 0.0
+    ort_diff = {"frozen": dict.fromkeys(OUTPUT_NAMES, 0.0), "dynamic": dict.fromkeys(OUTPUT_NAMES, 0.0)}
+    report_domains = {}
+    for data in tqdm(domains, desc="verifying", unit="domain"):
+        spec = manifest.domains[data.name]
+        routing = routings[spec.index]
+        refs = data.test_refs()
+        collected: dict[str, list[np.ndarray]] = {key: [] for key in ("labels", "masks", "ps_score", "ps_map",
+                                                                      "fz_score", "fz_map")}
+        for batch in batches(data, refs, model.config, batch_size):
+            images = batch.images
+            count, slots = images.shape[:2]
+            domain = torch.tensor([spec.index])
+            per_sample = anomaly_maps(model(images), model.config)
+            forced_output = model(images, routing=forced_routing(routing, slot_major_pairs(count, slots)[1]))
+            forced = anomaly_maps(forced_output, model.config)
+            folded_output = frozen_torch.network_output(images, domain)
+            for reference, folded in zip(forced_output.predictions, folded_output.predictions):
+                fold_diff = _max_diff(fold_diff, reference, folded)
+            frozen_ort = frozen_session.run(list(OUTPUT_NAMES), {"images": images.numpy(), "domain": domain.numpy()})
+            dynamic_ort = dynamic_session.run(list(OUTPUT_NAMES), {"images": images.numpy()})
+            for name, got_frozen, got_dynamic, want_frozen, want_dynamic in zip(
+                OUTPUT_NAMES, frozen_ort, dynamic_ort, forced, per_sample
+            ):
+                ort_diff["frozen"][name] = _max_diff(ort_diff["frozen"][name], got_frozen, want_frozen)
+                ort_diff["dynamic"][name] = _max_diff(ort_diff["dynamic"][name], got_dynamic, want_dynamic)
+            collected["labels"].append(batch.labels)
+            collected["masks"].append(batch.masks)
+            collected["ps_score"].append(per_sample.image_score.numpy())
+            collected["ps_map"].append(per_sample.fused.numpy())
+            collected["fz_score"].append(frozen_ort[2])
+            collected["fz_map"].append(frozen_ort[0])
+        if not refs:
+            report_domains[data.name] = {"test_samples": 0}
+            continue
+        values = {key: np.concatenate(parts) for key, parts in collected.items()}
+        has_masks = bool(values["masks"].any())
+        pixel = (
+            (auroc(values["ps_map"].ravel(), values["masks"].ravel()), auroc(values["fz_map"].ravel(), values["masks"].ravel()))
+            if has_masks
+            else (None, None)
+        )
+        report_domains[data.name] = {
+            "test_samples": len(refs),
+            "routing_agreement": spec.routing.agreement,
+            "image_auroc": _auroc_entry(auroc(values["ps_score"], values["labels"]),
+                                        auroc(values["fz_score"], values["labels"]), IMAGE_AUROC_GOAL),
+            "pixel_auroc": _auroc_entry(*pixel, PIXEL_AUROC_GOAL),
+        }
+    return {
+        "bundle": str(bundle.root),
+        "fold_max_abs_diff": fold_diff,
+        "onnxruntime_max_abs_diff": ort_diff,
+        "goals": {"image_auroc_loss_max": IMAGE_AUROC_GOAL, "pixel_auroc_loss_max": PIXEL_AUROC_GOAL},
+        "domains": report_domains,
+    }
