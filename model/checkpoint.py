@@ -283,7 +283,12 @@ def load_train_state(
                 state.setdefault(int(index), {})[name] = value
         for index, values in saved["scalars"].items():
             state.setdefault(int(index), {}).update(values)
-        optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        # JSON turned tuples (Adam's betas) into lists; "params" is the one list a group really holds.
+        groups = [
+            {name: tuple(value) if isinstance(value, list) and name != "params" else value for name, value in group.items()}
+            for group in saved["param_groups"]
+        ]
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
         scheduler.load_state_dict(payload["scheduler"])
         _restore_rng(tensors, payload["python_rng"])
         return dict(payload["progress"])

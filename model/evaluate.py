@@ -1,0 +1,314 @@
+"""Evaluation of a trained UniMMAD on the test split of every domain (spec 8).
+
+For each domain: the seven metrics of the fused map and score (model.metrics), the same for each
+modality's own map and score (what every modality finds alone), the image AUROC per defect group where
+the data says which modality shows a defect (``meta["defect_modality"]``, the synthetic set), and, where
+some samples have a blank depth image (``meta["blank_depth"]``, MulSen), everything again without them.
+Maps are computed per sample, so the batch size never changes a number.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.anomaly_map import anomaly_maps
+from model.data.loader import MultiDomainDataset, collate
+from model.data.sample import Domain, Source
+from model.metrics import METRIC_KEYS, aggregate, compute_metrics, image_metrics
+from model.unimmad import UniMMAD
+
+logger = logging.getLogger(__name__)
+
+FUSED = "fused"
+HEATMAP_FOLDER = "heatmaps"
+# Display range of a domain's heatmaps: these percentiles of all its maps (one scale per domain).
+DISPLAY_PERCENTILES = (1.0, 99.9)
+# A perceptual blue-green-yellow-red ramp (anchor positions, RGB in [0, 1]).
+COLOUR_RAMP = np.array(
+    [[0.0, 0.05, 0.05, 0.35], [0.25, 0.1, 0.4, 0.9], [0.5, 0.1, 0.8, 0.5], [0.75, 0.95, 0.85, 0.1], [1.0, 0.85, 0.1, 0.05]]
+)
+OVERLAY_ALPHA = 0.55
+
+
+@dataclass
+class DomainOutputs:
+    """Everything the evaluation keeps of one domain's test samples (maps at S x S, float32)."""
+
+    domain: Domain
+    indices: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    maps: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    modality_scores: list[np.ndarray] = field(default_factory=list)
+    modality_maps: list[np.ndarray] = field(default_factory=list)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+
+    def arrays(self, keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Stacked arrays (optionally only the samples where ``keep`` is True)."""
+        stacked = {
+            "labels": np.asarray(self.labels, dtype=np.int64),
+            "scores": np.asarray(self.scores, dtype=np.float64),
+            "maps": np.stack(self.maps),
+            "masks": np.stack(self.masks),
+            "modality_scores": np.stack(self.modality_scores),
+            "modality_maps": np.stack(self.modality_maps),
+        }
+        return stacked if keep is None else {name: value[keep] for name, value in stacked.items()}
+
+
+@torch.no_grad()
+def collect_outputs(
+    model: UniMMAD, dataset: MultiDomainDataset, batch_size: int, device: torch.device, workers: int = 0
+) -> dict[str, DomainOutputs]:
+    """Run the model over ``dataset`` in order; per domain, every sample's maps, scores and labels."""
+    outputs = {name: DomainOutputs(domain) for name, domain in dataset.domains.items()}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
+    was_training = model.training
+    model.eval()
+    position = 0
+    try:
+        for batch in tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True):
+            count = batch["modality_count"]
+            maps = anomaly_maps(model(batch["images"].to(device), count.to(device)), model.config)
+            fused, per_modality = maps.fused.float().cpu().numpy(), maps.per_modality.float().cpu().numpy()
+            scores, modality_scores = maps.image_score.float().cpu().numpy(), maps.modality_scores.float().cpu().numpy()
+            for row, name in enumerate(batch["domains"]):
+                present = int(count[row])
+                target = outputs[name]
+                target.indices.append(position)
+                target.labels.append(int(batch["labels"][row]))
+                target.scores.append(float(scores[row]))
+                target.maps.append(fused[row])
+                target.masks.append(batch["masks"][row].numpy())
+                target.modality_scores.append(modality_scores[row, :present])
+                target.modality_maps.append(per_modality[row, :present])
+                target.meta.append(dict(batch["meta"][row]))
+                position += 1
+    finally:
+        model.train(was_training)
+    return {name: result for name, result in outputs.items() if result.labels}
+
+
+def sample_counts(labels: np.ndarray) -> dict[str, int]:
+    return {"normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
+
+
+def metric_rows(arrays: dict[str, np.ndarray], modality_names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """The fused row and one row per modality (its own map and score)."""
+    rows = {FUSED: compute_metrics(arrays["labels"], arrays["scores"], arrays["masks"], arrays["maps"])}
+    for slot, name in enumerate(modality_names):
+        rows[name] = compute_metrics(
+            arrays["labels"], arrays["modality_scores"][:, slot], arrays["masks"], arrays["modality_maps"][:, slot]
+        )
+    return rows
+
+
+def by_defect_modality(result: DomainOutputs, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Image AUROC of each defect group (normals vs the defects shown in one modality set), per map."""
+    groups = sorted({meta.get("defect_modality") for meta in result.meta} - {None})
+    names = result.domain.modality_names
+    normal = arrays["labels"] == 0
+    table: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        keep = normal | np.array([meta.get("defect_modality") == group for meta in result.meta])
+        labels = arrays["labels"][keep]
+        row: dict[str, Any] = {"defective": int(labels.sum())}
+        row[FUSED] = image_metrics(labels, arrays["scores"][keep])["image_auroc"]
+        for slot, name in enumerate(names):
+            row[name] = image_metrics(labels, arrays["modality_scores"][keep, slot])["image_auroc"]
+        table[group] = row
+    return table
+
+
+def domain_report(result: DomainOutputs) -> dict[str, Any]:
+    arrays = result.arrays()
+    names = result.domain.modality_names
+    report: dict[str, Any] = {
+        "modalities": list(names),
+        "samples": sample_counts(arrays["labels"]),
+        "metrics": metric_rows(arrays, names),
+    }
+    defect_groups = by_defect_modality(result, arrays)
+    if defect_groups:
+        report["image_auroc_by_defect_modality"] = defect_groups
+    blank = np.array([bool(meta.get("blank_depth", False)) for meta in result.meta])
+    if blank.any():
+        kept = result.arrays(~blank)
+        report["without_blank_depth"] = {
+            "excluded": {"normal": int((blank & (arrays["labels"] == 0)).sum()),
+                         "defective": int((blank & (arrays["labels"] == 1)).sum())},
+            "samples": sample_counts(kept["labels"]),
+            "metrics": metric_rows(kept, names),
+        }
+    return report
+
+
+def evaluate_model(
+    model: UniMMAD,
+    sources: Sequence[Source],
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    domains: Sequence[str] | None = None,
+    heatmap_dir: Path | None = None,
+    heatmaps_per_class: int = 0,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Metrics of every domain of ``sources`` (or only ``domains``) on the test split, as a JSON-safe dict:
+    ``{"domains": {name: domain_report}, "summary": aggregate of the fused rows}``; optionally heatmaps."""
+    config = model.config
+    dataset = MultiDomainDataset(sources, "test", config.image_size, domains=domains, mean=config.mean, std=config.std)
+    if len(dataset) == 0:
+        raise ValueError("the data spec has no test samples")
+    results = collect_outputs(model, dataset, batch_size, torch.device(device), workers)
+    reports = {name: domain_report(result) for name, result in results.items()}
+    if heatmap_dir is not None and heatmaps_per_class > 0:
+        for result in results.values():
+            write_heatmaps(dataset, result, config.mean, config.std, heatmap_dir, heatmaps_per_class)
+    fused = {name: report["metrics"][FUSED] for name, report in reports.items()}
+    return {"domains": reports, "summary": aggregate(fused)}
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One log line: mean image/pixel AUROC and AUPRO over domains."""
+    mean = report["summary"]["mean_over_domains"]
+    return " ".join(f"{key}={_cell(mean[key])}" for key in ("image_auroc", "pixel_auroc", "pixel_aupro"))
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+COLUMNS = {key: key.replace("image_", "I-").replace("pixel_", "P-").replace("aupro", "AUPRO")
+           .replace("auroc", "AUROC").replace("ap", "AP").replace("f1max", "F1max") for key in METRIC_KEYS}
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _metrics_table(rows: list[tuple[str, str, dict[str, int], dict[str, float | None]]]) -> list[str]:
+    header = ["domain", "map", "normal", "defective", *COLUMNS.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for domain, source, counts, metrics in rows:
+        cells = [domain, source, str(counts["normal"]), str(counts["defective"])]
+        lines.append("| " + " | ".join(cells + [_cell(metrics[key]) for key in METRIC_KEYS]) + " |")
+    return lines
+
+
+def markdown_report(report: dict[str, Any], title: str = "UniMMAD evaluation") -> str:
+    """The report as markdown tables: fused per domain, per dataset, per modality, blank depth, defect groups."""
+    domains = report["domains"]
+    lines = [f"# {title}", "", "## Per domain (fused map and score)", ""]
+    lines += _metrics_table([(name, FUSED, d["samples"], d["metrics"][FUSED]) for name, d in domains.items()])
+    lines += ["", "## Per dataset (mean over its domains)", "", "| dataset | " + " | ".join(COLUMNS.values()) + " |",
+              "|" + "---|" * (len(COLUMNS) + 1)]
+    summary = report["summary"]
+    for name, metrics in [*summary["datasets"].items(), ("mean over domains", summary["mean_over_domains"]),
+                          ("mean over datasets", summary["mean_over_datasets"])]:
+        lines.append(f"| {name} | " + " | ".join(_cell(metrics[key]) for key in METRIC_KEYS) + " |")
+    lines += ["", "## Per modality (each modality's own map and score vs the fused ones)", ""]
+    lines += _metrics_table(
+        [(name, source, d["samples"], metrics) for name, d in domains.items() for source, metrics in d["metrics"].items()]
+    )
+    blank = {name: d["without_blank_depth"] for name, d in domains.items() if "without_blank_depth" in d}
+    if blank:
+        lines += ["", "## Without the samples whose depth image is blank (constant)", ""]
+        for name, section in blank.items():
+            excluded = section["excluded"]
+            lines.append(f"- {name}: {excluded['defective']} defective and {excluded['normal']} normal samples left out")
+        lines.append("")
+        lines += _metrics_table(
+            [(name, source, s["samples"], metrics) for name, s in blank.items() for source, metrics in s["metrics"].items()]
+        )
+    groups = {name: d["image_auroc_by_defect_modality"] for name, d in domains.items()
+              if "image_auroc_by_defect_modality" in d}
+    if groups:
+        lines += ["", "## Image AUROC per defect group (normals vs defects visible only in the named modalities)", "",
+                  "| domain | defect shown in | defective | fused | per modality |", "|---|---|---|---|---|"]
+        for name, table in groups.items():
+            for group, row in table.items():
+                singles = ", ".join(f"{m} {_cell(row[m])}" for m in domains[name]["modalities"])
+                lines.append(f"| {name} | {group} | {row['defective']} | {_cell(row[FUSED])} | {singles} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- heatmaps
+
+
+def colourise(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (H, W) -> uint8 RGB (H, W, 3) along :data:`COLOUR_RAMP`."""
+    clipped = np.clip(values, 0.0, 1.0)
+    channels = [np.interp(clipped, COLOUR_RAMP[:, 0], COLOUR_RAMP[:, channel]) for channel in (1, 2, 3)]
+    return (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
+
+
+def display_image(plane: np.ndarray, kind: str, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A prepared modality [3,S,S] back to uint8 RGB (S,S,3): undo mean/std, or min-max for depth."""
+    if kind == "depth":
+        depth = plane[0]
+        span = float(depth.max() - depth.min())
+        unit = (depth - depth.min()) / span if span > 0 else np.zeros_like(depth)
+        unit = np.repeat(unit[..., None], 3, axis=-1)
+    else:
+        unit = plane.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return (np.clip(unit, 0, 1) * 255).round().astype(np.uint8)
+
+
+def overlay(background: np.ndarray, heat: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Blend a colourised heatmap over an image and draw the ground-truth outline in white."""
+    blended = (1 - OVERLAY_ALPHA) * background + OVERLAY_ALPHA * colourise(heat)
+    outline = mask & ~ndimage.binary_erosion(mask)
+    blended[outline] = 255
+    return blended.round().astype(np.uint8)
+
+
+def _display_range(maps: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(maps, DISPLAY_PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
+
+
+def chosen_samples(labels: Sequence[int], per_class: int) -> list[int]:
+    """Positions of the first ``per_class`` normal and the first ``per_class`` defective samples."""
+    normal = [i for i, label in enumerate(labels) if label == 0][:per_class]
+    defective = [i for i, label in enumerate(labels) if label == 1][:per_class]
+    return normal + defective
+
+
+def write_heatmaps(
+    dataset: MultiDomainDataset,
+    result: DomainOutputs,
+    mean: Sequence[float],
+    std: Sequence[float],
+    out_dir: Path,
+    per_class: int,
+) -> list[Path]:
+    """PNG per chosen sample: every modality's input, then the fused map and each modality's own map,
+    each blended over the first modality with the ground-truth outline; one colour scale per domain."""
+    folder = Path(out_dir) / result.domain.name.replace("/", "__")
+    folder.mkdir(parents=True, exist_ok=True)
+    fused_range = _display_range(np.stack(result.maps))
+    modality_range = _display_range(np.stack(result.modality_maps))
+    written = []
+    for position in chosen_samples(result.labels, per_class):
+        item = dataset[result.indices[position]]
+        images = item["images"].numpy()
+        inputs = [display_image(images[slot], spec.kind, mean, std) for slot, spec in enumerate(result.domain.modalities)]
+        mask = result.masks[position].astype(bool)
+        heat = [(result.maps[position], fused_range)] + [(m, modality_range) for m in result.modality_maps[position]]
+        panels = inputs + [overlay(inputs[0], (values - low) / (high - low), mask) for values, (low, high) in heat]
+        label = "defective" if result.labels[position] else "normal"
+        safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in item["id"])
+        path = folder / f"{label}_{safe_id}.png"
+        Image.fromarray(np.concatenate(panels, axis=1)).save(path)
+        written.append(path)
+    return written
