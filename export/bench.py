@@ -9,6 +9,7 @@ numpy float32 matmul on the same threads to show how far from the machine's peak
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from model.unimmad import UniMMAD
 BATCH_SIZES = (1, 8)
 MATMUL_SIZE = 1024
 GIGA = 1e9
+CMOE_LEVEL = re.compile(r"[^.]+\.c_moes\.\d+")
 
 
 def throughput(run: Callable[[], Any], batch: int, min_seconds: float, warmup: int = 2) -> float:
@@ -43,13 +45,13 @@ def throughput(run: Callable[[], Any], batch: int, min_seconds: float, warmup: i
     return batch * calls / (time.perf_counter() - start)
 
 
-def counted_flops(run: Callable[[], Any], prefix: str) -> tuple[int, int]:
-    """(total FLOPs, FLOPs of modules whose name contains `prefix`) of one call of `run`."""
+def counted_flops(run: Callable[[], Any]) -> tuple[int, int]:
+    """(total FLOPs, FLOPs of the C-MoE levels `<root>.c_moes.<level>`) of one call of `run`."""
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         run()
     per_module = counter.get_flop_counts()
-    part = sum(sum(counts.values()) for name, counts in per_module.items() if name.count(".") == 1 and prefix in name)
+    part = sum(sum(counts.values()) for name, counts in per_module.items() if CMOE_LEVEL.fullmatch(name))
     return counter.get_total_flops(), part
 
 
@@ -91,9 +93,9 @@ def bench(bundle_path: Path, model: UniMMAD, domain: str | None = None, min_seco
             "ort_frozen": frozen_rate,
         }
         frozen_total, frozen_cmoe = counted_flops(
-            lambda: frozen_torch.network_output(images, torch.from_numpy(domain_input)), "c_moes"
+            lambda: frozen_torch(images, torch.from_numpy(domain_input))
         )
-        _, dynamic_cmoe = counted_flops(lambda: model(images), "c_moes")
+        _, dynamic_cmoe = counted_flops(lambda: model(images))
         results.append(
             {
                 "batch": batch,
