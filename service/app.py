@@ -16,8 +16,9 @@ from service.batcher import Batcher
 from service.errors import install_error_handlers
 from service.inference import InferenceEngine, load_engine
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, MetricsMiddleware
 from service.routes import build_router
+from service.routes.detect import DETECT_PATH
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -59,7 +60,7 @@ def _enriched_openapi(app: FastAPI, base: dict[str, Any]) -> dict[str, Any]:
     if runtime is None:
         return base
     schema = copy.deepcopy(base)
-    form = schema["paths"]["/detect"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = schema["paths"][DETECT_PATH]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     domains = runtime.bundle.manifest.domains
     form["properties"]["domain"]["enum"] = sorted(domains)
     for name, spec in domains.items():
@@ -103,7 +104,11 @@ def create_app(settings: Settings, *, engine: InferenceEngine | None = None) -> 
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(build_router())
+    # The last added runs first: metrics see every answer, the in-flight limit runs before any body is read.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * MAX_MODALITIES + FORM_OVERHEAD_BYTES)
+    app.add_middleware(
+        InFlightLimitMiddleware, path=DETECT_PATH, limit=settings.detect_in_flight_limit, metrics=metrics
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     default_openapi = app.openapi

@@ -7,6 +7,8 @@ import logging
 from datetime import UTC, datetime
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Decoders that log per-file chatter (tag dumps, plugin probing) at INFO/DEBUG for every upload.
+QUIET_LOGGERS = ("tifffile", "PIL")
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,3 +36,5 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -31,6 +31,10 @@ class Metrics:
         self.queue_depth = Gauge(
             "unimmad_queue_depth", "requests admitted and waiting for a batch", registry=self.registry
         )
+        self.in_flight = Gauge(
+            "unimmad_in_flight_requests", "POST /detect requests admitted and not yet answered",
+            registry=self.registry,
+        )
         self.requests = Counter(
             "unimmad_requests", "detections answered", ("domain",), registry=self.registry
         )

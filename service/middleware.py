@@ -1,4 +1,4 @@
-"""ASGI middleware: request metrics and a streaming request-body limit."""
+"""ASGI middleware: request metrics, an in-flight limit for /detect and a streaming request-body limit."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 from service.metrics import NO_DOMAIN, Metrics
+
+
+# Request-state key naming the route of a request answered before routing (metrics label it by this).
+ROUTE_LABEL = "route_label"
 
 
 class _BodyTooLarge(Exception):
@@ -56,6 +60,50 @@ class BodyLimitMiddleware:
                 await too_large(scope, receive, send)
 
 
+class InFlightLimitMiddleware:
+    """Answers ``POST path`` with 503 + ``Retry-After`` while ``limit`` of them are in flight, body unread.
+
+    Receiving, parsing and decoding an upload costs CPU before a request reaches the batcher's bounded
+    queue. Counted only there, overload would pile up as parsing work and every admitted request would
+    wait behind it; counted at the door, a refusal costs nothing and admitted latency stays bounded.
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str, limit: int, metrics: Metrics, retry_after_s: int = 1) -> None:
+        self.app = app
+        self.path = path
+        self.limit = limit
+        self.metrics = metrics
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+
+    def _guards(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path
+
+    def _track(self, delta: int) -> None:
+        self.in_flight += delta
+        self.metrics.in_flight.set(self.in_flight)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._guards(scope):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            scope.setdefault("state", {})[ROUTE_LABEL] = self.path
+            # No "Connection: close": the server discards the unread body and keeps the connection, whereas
+            # closing on unread bytes resets it and the client loses the answer.
+            overloaded = error_response(
+                503, "overloaded", f"{self.in_flight} requests are already being handled; retry shortly",
+                {"Retry-After": str(self.retry_after_s)},
+            )
+            await overloaded(scope, receive, send)
+            return
+        self._track(+1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._track(-1)
+
+
 class MetricsMiddleware:
     """Observes ``unimmad_request_duration_seconds`` with the matched route template, never the raw path."""
 
@@ -79,8 +127,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get("route")
-            domain = scope.get("state", {}).get("domain", NO_DOMAIN)
-            self.metrics.request_duration.labels(
-                route=getattr(route, "path", "unmatched"), domain=domain, status=str(status)
-            ).observe(time.perf_counter() - started)
+            state = scope.get("state", {})
+            route = getattr(scope.get("route"), "path", None) or state.get(ROUTE_LABEL, "unmatched")
+            domain = state.get("domain", NO_DOMAIN)
+            self.metrics.request_duration.labels(route=route, domain=domain, status=str(status)).observe(
+                time.perf_counter() - started
+            )

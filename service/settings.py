@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     queue_size: int = Field(default=64, ge=1, description="requests admitted but not yet running")
+    max_in_flight: int | None = Field(
+        default=None, ge=1,
+        description="POST /detect requests handled at once, counted before the body is read; more get 503. "
+        "Default: queue_size + max_batch_size",
+    )
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(default=40_000_000, ge=1, description="per decoded image")
@@ -35,3 +40,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+
+    @property
+    def detect_in_flight_limit(self) -> int:
+        """Room for a full batcher queue plus the running batch; a request beyond that could only wait."""
+        return self.max_in_flight if self.max_in_flight is not None else self.queue_size + self.max_batch_size

@@ -9,6 +9,7 @@ from service.runtime import Runtime
 from service.schemas import DetectResponse, ErrorResponse
 
 router = APIRouter()
+DETECT_PATH = "/detect"
 
 # Form field names are the manifest's modality names; app.py fills in the bundle's names and domains.
 DETECT_FORM_SCHEMA = {
@@ -29,14 +30,14 @@ _ERRORS = {
         413: "an upload or its pixel count is over the limit",
         415: "not multipart/form-data, or a file that is not a supported image or array",
         422: "unknown domain, missing/extra/duplicated modality, or an undecodable file",
-        503: "queue full or not ready yet (see Retry-After)",
+        503: "overloaded, queue full or not ready yet (see Retry-After)",
         504: "no result within the request timeout",
     }.items()
 }
 
 
 @router.post(
-    "/detect",
+    DETECT_PATH,
     response_model=DetectResponse,
     responses=_ERRORS,
     summary="Score one multimodal sample",

@@ -72,7 +72,8 @@ def test_concurrent_requests_share_a_batch(bundle_dir) -> None:
 
 
 def test_full_queue_answers_503_with_retry_after(bundle_dir) -> None:
-    settings = make_settings(bundle_dir, max_batch_size=1, max_batch_wait_ms=0, queue_size=1)
+    # The in-flight limit is raised so the batcher's own bound, the second line, is the one that refuses.
+    settings = make_settings(bundle_dir, max_batch_size=1, max_batch_wait_ms=0, queue_size=1, max_in_flight=10)
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(2) as pool:
         wait_ready(client)
         runtime = client.app.state.runtime
