@@ -66,3 +66,10 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     options = BundleOptions(holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4)
     build_bundle(model, run_config, domains, out, options)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export_model() -> UniMMAD:
+    """A random-init model of the same tiny config, in eval mode (for torch-only export tests)."""
+    torch.manual_seed(0)
+    return UniMMAD(tiny_export_config(), allow_random_prior=True).eval()
