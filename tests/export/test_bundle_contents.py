@@ -1,0 +1,96 @@
+"""The exported bundle: manifest valid against the committed schema, calibration and thresholds recorded,
+and a tampered bundle refused by the loader with one clear line per fault."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from bundle.loader import BundleError, load_bundle
+from export.calibration import calibrate
+from export.threshold import MIN_HOLDOUT_IMAGES, choose_threshold, quantile_threshold
+
+SCHEMA = Path(__file__).parents[2] / "bundle" / "manifest.schema.json"
+
+
+@pytest.fixture()
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+def test_manifest_validates_against_the_schema(tiny_bundle: Path) -> None:
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
+    assert set(manifest["domains"]) == {"synthetic/tiles", "synthetic/parts", "synthetic/boards", "synthetic/brain"}
+    boards = manifest["domains"]["synthetic/boards"]
+    assert [m["name"] for m in boards["modalities"]] == ["rgb", "infrared", "depth"]
+    # 3 slots x 3 levels x 3 branches, top-2 each, scores renormalised
+    assert len(boards["routing"]["leaders"]) == 27
+    assert all(abs(sum(gate["scores"]) - 1) < 1e-5 for gate in boards["routing"]["leaders"])
+
+
+def test_thresholds_fall_back_to_training_normals_when_the_holdout_is_small(tiny_bundle: Path) -> None:
+    # 8 normal training samples, 25 % held out = 2 < MIN_HOLDOUT_IMAGES: the fallback must be stated.
+    for domain in json.loads((tiny_bundle / "manifest.json").read_text())["domains"].values():
+        method = domain["threshold_method"]
+        assert method["method"] == "normal_quantile" and method["target_fpr"] == 0.05
+        assert method["split"].startswith("train (fallback") and method["n_images"] == 6
+        assert np.isfinite(domain["threshold"]) and domain["threshold"] > 0
+
+
+def test_calibration_json_reports_agreement_per_gate(tiny_bundle: Path) -> None:
+    report = json.loads((tiny_bundle / "calibration.json").read_text())
+    tiles = report["synthetic/tiles"]
+    assert tiles["samples"] == 6 and 0 <= tiles["agreement"] <= 1
+    assert len(tiles["gates"]) == 9 and all(len(gate["mean_probs"]) == 6 for gate in tiles["gates"])
+
+
+def test_quantile_threshold_keeps_the_false_positive_rate() -> None:
+    scores = np.arange(100, dtype=np.float64)
+    threshold = quantile_threshold(scores, 0.05)
+    assert (scores > threshold).mean() <= 0.05 and threshold == 95
+    held_out = choose_threshold(np.arange(MIN_HOLDOUT_IMAGES, dtype=float), lambda: pytest.fail("not needed"), 0.0, "h")
+    assert held_out.split == "h" and held_out.value == MIN_HOLDOUT_IMAGES - 1
+
+
+def test_calibration_freezes_the_top_k_of_the_mean_gate(tiny_export_model) -> None:
+    import torch
+
+    images = [torch.randn(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
+    calibration = calibrate(tiny_export_model, images)
+    assert calibration.samples == 4
+    assert calibration.routing.idx.shape == (2, 3, 3, 2)
+    expected = calibration.mean_probs.topk(2, dim=-1).indices
+    assert torch.equal(calibration.routing.idx, expected)
+    assert torch.allclose(calibration.routing.scores.sum(-1), torch.ones(2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("break_bundle", "message"),
+    [
+        (lambda root: (root / "model.onnx.data").unlink(), "lacks the file model.onnx.data"),
+        (lambda root: (root / "model.onnx").write_bytes(b"corrupt"), "sha256 mismatch for model.onnx"),
+        (
+            lambda root: (root / "model_dynamic.onnx.data").write_bytes(b"\0" * 16),
+            "sha256 mismatch for model_dynamic.onnx.data",
+        ),
+        (
+            lambda root: (root / "manifest.json").write_text(
+                json.dumps({**json.loads((root / "manifest.json").read_text()), "format_version": 99})
+            ),
+            "unsupported format_version 99",
+        ),
+    ],
+    ids=["missing-data-file", "corrupt-onnx", "sha256-mismatch", "unknown-version"],
+)
+def test_loader_refuses_a_tampered_bundle(bundle_copy: Path, break_bundle, message: str) -> None:
+    load_bundle(bundle_copy)
+    break_bundle(bundle_copy)
+    with pytest.raises(BundleError) as caught:
+        load_bundle(bundle_copy)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
