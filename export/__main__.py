@@ -93,16 +93,17 @@ def run(args: argparse.Namespace) -> dict | None:
     domains = _domains(args, run_config)
     if args.command == "verify":
         return verify(args.bundle, model, domains, args.batch_size)
-    fraction, seed = run_holdout(run_config)
+    fraction, seed, holdout_ids = run_holdout(run_config)
     options = BundleOptions(
         target_fpr=args.target_fpr,
         holdout_fraction=fraction,
         holdout_seed=seed,
+        holdout_ids=holdout_ids,
         batch_size=args.batch_size,
         fp16=args.fp16,
         model_version=args.model_version or args.checkpoint.resolve().name,
     )
-    build_bundle(model, run_config, domains, args.out, options)
+    build_bundle(model, domains, args.out, options)
     return None
 
 

@@ -57,16 +57,27 @@ class BundleOptions:
     batch_size: int = 8
     fp16: bool = False
     model_version: str = "unimmad"
+    holdout_ids: dict[str, list[str]] | None = None  # per domain, as training recorded them
 
 
-def run_holdout(run_config: dict[str, Any]) -> tuple[float, int]:
-    """The holdout fraction and seed recorded by training (DEFAULT_* when the run recorded none)."""
-    data = run_config.get("data") or {}
-    holdout = data.get("holdout") or {}
+def run_holdout(run_config: dict[str, Any]) -> tuple[float, int, dict[str, list[str]] | None]:
+    """The holdout training recorded: fraction, seed (DEFAULT_* when none) and the held-out ids per domain."""
+    holdout = (run_config.get("data") or {}).get("holdout") or {}
     return (
-        float(holdout.get("fraction", data.get("holdout_fraction", DEFAULT_HOLDOUT_FRACTION))),
-        int(holdout.get("seed", data.get("holdout_seed", DEFAULT_HOLDOUT_SEED))),
+        float(holdout.get("fraction", DEFAULT_HOLDOUT_FRACTION)),
+        int(holdout.get("seed", DEFAULT_HOLDOUT_SEED)),
+        holdout.get("ids"),
     )
+
+
+def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]:
+    """(calibration refs, held-out refs) of a domain's normal training samples: the ids training held out
+    when it recorded them for this domain, else the same deterministic split_holdout rule."""
+    refs = data.normal_train_refs()
+    if options.holdout_ids is not None and data.name in options.holdout_ids:
+        held = set(options.holdout_ids[data.name])
+        return [ref for ref in refs if ref.id not in held], [ref for ref in refs if ref.id in held]
+    return split_holdout(refs, options.holdout_fraction, options.holdout_seed)
 
 
 def frozen_scores(session: ort.InferenceSession, data: DomainData, refs: Sequence, index: int, model: UniMMAD,
@@ -79,9 +90,7 @@ def frozen_scores(session: ort.InferenceSession, data: DomainData, refs: Sequenc
     return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
 
-def build_bundle(
-    model: UniMMAD, run_config: dict[str, Any], domains: Sequence[DomainData], out: Path, options: BundleOptions
-) -> Manifest:
+def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, options: BundleOptions) -> Manifest:
     """Write a complete bundle for `domains` (domain index = position) into `out`; returns its manifest."""
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +99,7 @@ def build_bundle(
     calibrations: list[Calibration] = []
     splits = []
     for data in tqdm(domains, desc="calibrating routing", unit="domain"):
-        train, holdout = split_holdout(data.normal_train_refs(), options.holdout_fraction, options.holdout_seed)
+        train, holdout = split_normals(data, options)
         if not train:
             raise ValueError(f"domain {data.name} has no normal training samples to calibrate its routing")
         images = (batch.images for batch in batches(data, train, config, options.batch_size))
