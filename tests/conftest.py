@@ -60,11 +60,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle exported from `tiny_checkpoint` by export.build (frozen + dynamic graphs, four domains)."""
-    model, run_config = load_checkpoint(tiny_checkpoint)
+    model, _ = load_checkpoint(tiny_checkpoint)
     domains = select_domains([tiny_synthetic_source()], None)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     options = BundleOptions(holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4)
-    build_bundle(model, run_config, domains, out, options)
+    build_bundle(model, domains, out, options)
     return out
 
 
