@@ -222,6 +222,8 @@ def train(
     seed_everything(options.seed)
 
     sources = parse_data_spec(options.data, synthetic=synthetic)
+    if recorded is not None:  # the resumed run keeps its own training set
+        options = dataclasses.replace(options, holdout_fraction=recorded["training"]["holdout_fraction"])
     dataset, data_record = build_train_set(sources, config, options.holdout_fraction, options.seed)
     if len(dataset) < config.batch_size:
         raise ValueError(f"{len(dataset)} training samples are fewer than one batch of {config.batch_size}")

@@ -1,0 +1,96 @@
+"""End to end on tiny synthetic data: train, resume where a run stopped, evaluate via the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.__main__ import main
+from model.checkpoint import read_config
+from model.train import TrainOptions, train
+
+SPEC = "synthetic"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_config, tiny_synthetic, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run")
+    result = train(TrainOptions(data=SPEC, out=out, eval_every=2, holdout_fraction=0.2), tiny_config, tiny_synthetic,
+                   allow_random_prior=True)
+    return out, result
+
+
+def test_train_writes_checkpoint_holdout_and_periodic_evaluation(finished_run) -> None:
+    out, result = finished_run
+    assert result.finished and result.epochs_done == 2 and result.step == 2 * 4  # 4 domains x 4 train / batch 4
+    assert result.cache_stats["misses"] > 0 and result.cache_stats["hits"] > 0  # epoch 2 reads the cache
+    config = read_config(out)
+    holdout = config["data"]["holdout"]["ids"]
+    assert set(holdout) == {"synthetic/tiles", "synthetic/parts", "synthetic/boards", "synthetic/brain"}
+    assert all(len(ids) == 2 for ids in holdout.values())  # ceil(0.2 * 6)
+    assert all(domain["train_samples"] == 4 for domain in config["data"]["domains"])
+    report = json.loads((out / "eval" / "epoch_002.json").read_text())
+    assert set(report["domains"]) == set(holdout)
+
+
+def test_resume_after_a_time_budget_continues_the_step_count(tiny_config, tiny_synthetic, tmp_path) -> None:
+    options = TrainOptions(data=SPEC, out=tmp_path, eval_every=0, max_minutes=1e-6, holdout_fraction=0.0)
+    stopped = train(options, tiny_config, tiny_synthetic, allow_random_prior=True)
+    assert (stopped.step, stopped.epochs_done, stopped.finished) == (1, 0, False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(options, tiny_config, tiny_synthetic, allow_random_prior=True)
+    resumed = train(TrainOptions(data=SPEC, out=tmp_path, eval_every=0, resume=True), tiny_config, tiny_synthetic,
+                    allow_random_prior=True)
+    # The recorded holdout fraction (0) wins over the default: 4 domains x 6 samples / batch 4 = 6 steps.
+    assert (resumed.step, resumed.epochs_done, resumed.finished) == (2 * 6, 2, True)
+    assert [entry["epoch"] for entry in resumed.history] == [1, 2]
+
+
+def test_evaluate_command_writes_json_markdown_and_heatmaps(finished_run, tmp_path, capsys) -> None:
+    out, _ = finished_run
+    assert main(["evaluate", "--checkpoint", str(out), "--out", str(tmp_path), "--batch-size", "5",
+                 "--heatmaps", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert printed["image_auroc"] == metrics["summary"]["mean_over_domains"]["image_auroc"]
+    boards = metrics["domains"]["synthetic/boards"]
+    assert set(boards["metrics"]) == {"fused", "rgb", "infrared", "depth"}
+    assert set(boards["image_auroc_by_defect_modality"]) == {"rgb", "infrared", "depth"}
+    assert all(0 <= value <= 1 for value in boards["metrics"]["fused"].values() if value is not None)
+    markdown = (tmp_path / "metrics.md").read_text()
+    assert "| synthetic/brain | t1ce |" in markdown and "Per defect group" not in markdown
+    pngs = sorted(path.relative_to(tmp_path).as_posix() for path in (tmp_path / "heatmaps").rglob("*.png"))
+    assert len(pngs) == 8 and "heatmaps/synthetic__tiles/normal_synthetic_tiles_test_0000.png" in pngs
+
+
+def test_evaluation_does_not_depend_on_batch_size(finished_run, tiny_synthetic) -> None:
+    from model.checkpoint import load_checkpoint
+    from model.data import parse_data_spec
+    from model.evaluate import evaluate_model
+
+    model, _ = load_checkpoint(finished_run[0])
+    sources = parse_data_spec(SPEC, synthetic=tiny_synthetic)
+    # Batch 1 is out of reach here only because the 32 px tiny config squeezes its code to 1x1 (GroupNorm).
+    one = evaluate_model(model, sources, batch_size=2, domains=["synthetic/parts"])
+    many = evaluate_model(model, sources, batch_size=6, domains=["synthetic/parts"])
+    for source, row in one["domains"]["synthetic/parts"]["metrics"].items():
+        for key, value in row.items():
+            assert value == pytest.approx(many["domains"]["synthetic/parts"]["metrics"][source][key], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "nowhere:1", "--out", "{tmp}/r"], "unknown source"),
+        (["train", "--data", "synthetic", "--out", "{tmp}/r", "--epochs", "0"], "--epochs must be >= 1"),
+        (["train", "--data", "synthetic", "--out", "{tmp}/r", "--precision", "bf16"], "needs --device cuda"),
+        (["train", "--data", "synthetic", "--out", "{tmp}/r", "--resume"], "no resumable checkpoint"),
+        (["evaluate", "--checkpoint", "{tmp}/absent", "--out", "{tmp}/e"], "checkpoint folder not found"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(argv, message, tmp_path, capsys) -> None:
+    assert main([part.format(tmp=tmp_path) for part in argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error and "Traceback" not in error
