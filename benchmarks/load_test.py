@@ -62,17 +62,20 @@ class PhaseResult:
         }
 
 
-def sample_files(modalities: list[dict], seed: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
-    """One synthetic 64x64 file per modality, in the format its kind is most often sent in."""
+def sample_files(
+    modalities: list[dict], seed: int = 0, size: int = 64
+) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """One synthetic size x size file per modality, in the format its kind is most often sent in."""
     rng = np.random.default_rng(seed)
     files = []
     for modality in modalities:
         if modality["kind"] == "depth":
             buffer = io.BytesIO()
-            np.save(buffer, rng.uniform(0.5, 1.0, (64, 64)).astype(np.float32))
+            np.save(buffer, rng.uniform(0.5, 1.0, (size, size)).astype(np.float32))
             files.append((modality["name"], ("depth.npy", buffer.getvalue(), "application/octet-stream")))
             continue
-        pixels = rng.integers(0, 255, (64, 64, 3) if modality["kind"] == "rgb" else (64, 64), dtype=np.uint8)
+        shape = (size, size, 3) if modality["kind"] == "rgb" else (size, size)
+        pixels = rng.integers(0, 255, shape, dtype=np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
         files.append((modality["name"], (f"{modality['name']}.png", buffer.getvalue(), "image/png")))
@@ -81,13 +84,16 @@ def sample_files(modalities: list[dict], seed: int = 0) -> list[tuple[str, tuple
 
 class Load:
     def __init__(self, client: httpx.AsyncClient, url: str, domain: str, files: list) -> None:
-        self.client, self.url, self.domain, self.files = client, url, domain, files
+        self.client, self.url = client, url
+        # Encoded once: multipart encoding per request would make the generator, not the service, the bottleneck.
+        form = httpx.Request("POST", url, data={"domain": domain, "heatmap": "none"}, files=files)
+        self.body, self.content_type = form.read(), form.headers["content-type"]
 
     async def one(self, result: PhaseResult) -> None:
         started = time.perf_counter()
         try:
             response = await self.client.post(
-                f"{self.url}/detect", data={"domain": self.domain, "heatmap": "none"}, files=self.files
+                f"{self.url}/detect", content=self.body, headers={"content-type": self.content_type}
             )
             status: int | str = response.status_code
         except httpx.HTTPError as exc:
@@ -140,8 +146,9 @@ async def run(url: str, pid: int | None, args: argparse.Namespace) -> dict:
                 f"error: unknown domain {args.domain!r}; the bundle serves {[d['name'] for d in domains]}"
             )
         max_batch = (await client.get(f"{url}/model")).json()["max_batch_size"]
-        load = Load(client, url, chosen["name"], sample_files(chosen["modalities"]))
+        load = Load(client, url, chosen["name"], sample_files(chosen["modalities"], size=args.image_size))
         rss_before = live_service.rss_bytes(pid) if pid else None
+        cpu_before = time.process_time()
 
         log.info("measuring capacity with %d clients for %.0f s", 2 * max_batch, args.capacity_s)
         capacity = await load.closed_loop(2 * max_batch, args.capacity_s)
@@ -158,6 +165,8 @@ async def run(url: str, pid: int | None, args: argparse.Namespace) -> dict:
             args.duration_s,
         )
         overload = await load.open_loop(target_rate, args.duration_s, args.max_in_flight)
+        # Near 1.0 the generator itself was saturated and its latencies include its own backlog.
+        client_cpu_share = (time.process_time() - cpu_before) / (capacity.seconds + overload.seconds)
         rss_after = live_service.rss_bytes(pid) if pid else None
         ready_after = (await client.get(f"{url}/readyz")).status_code == 200
 
@@ -184,6 +193,7 @@ async def run(url: str, pid: int | None, args: argparse.Namespace) -> dict:
             "after": round(rss_after / 2**20, 1) if rss_after else None,
         },
         "ready_after": ready_after,
+        "client_cpu_share": round(client_cpu_share, 2),
         "unexpected_statuses": unexpected,
     }
 
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=60.0, help="overload phase length (default 60)")
     parser.add_argument("--overload", type=float, default=4.0, help="offered load / capacity (default 4)")
     parser.add_argument("--max-in-flight", type=int, default=512, help="bound on outstanding requests")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the synthetic images (default 64)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)

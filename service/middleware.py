@@ -9,7 +9,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_response
 from service.metrics import NO_DOMAIN, Metrics
 
-
 # Request-state key naming the route of a request answered before routing (metrics label it by this).
 ROUTE_LABEL = "route_label"
 
