@@ -59,7 +59,9 @@ def _replace_into(path: Path, write: Any) -> None:
 
 
 def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    _replace_into(path, lambda target: target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n"))
+    _replace_into(
+        path, lambda target: target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    )
 
 
 def _write_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -111,7 +113,7 @@ def _split_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, 
 
 def _rng_tensors() -> dict[str, Tensor]:
     tensors = {f"{RNG_PREFIX}torch": torch.get_rng_state()}
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    _, keys, position, has_gauss, cached_gauss = np.random.get_state()
     tensors[f"{RNG_PREFIX}numpy_keys"] = torch.from_numpy(keys.astype(np.int64))
     tensors[f"{RNG_PREFIX}numpy_extra"] = torch.tensor([position, has_gauss], dtype=torch.int64)
     tensors[f"{RNG_PREFIX}numpy_gauss"] = torch.tensor([cached_gauss], dtype=torch.float64)
@@ -192,7 +194,11 @@ def _model_config(config: Mapping[str, Any], prior_weights: str | None) -> UniMM
     if prior_weights is not None:
         changes["prior_weights"] = prior_weights
     encoder = model_config.encoder_weights
-    if encoder is not None and not encoder.startswith("package:") and not Path(encoder).expanduser().is_file():
+    if (
+        encoder is not None
+        and not encoder.startswith("package:")
+        and not Path(encoder).expanduser().is_file()
+    ):
         changes["encoder_weights"] = None
     return model_config.replace(**changes) if changes else model_config
 
@@ -251,7 +257,9 @@ def load_checkpoint(
 def has_train_state(directory: str | Path) -> bool:
     """True when ``directory`` holds a complete resumable checkpoint."""
     folder = Path(directory)
-    return all((folder / name).is_file() for name in (CONFIG_FILE, MODEL_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE))
+    return all(
+        (folder / name).is_file() for name in (CONFIG_FILE, MODEL_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE)
+    )
 
 
 def _restore_rng(tensors: Mapping[str, Tensor], python_rng: list[Any]) -> None:
@@ -285,7 +293,10 @@ def load_train_state(
             state.setdefault(int(index), {}).update(values)
         # JSON turned tuples (Adam's betas) into lists; "params" is the one list a group really holds.
         groups = [
-            {name: tuple(value) if isinstance(value, list) and name != "params" else value for name, value in group.items()}
+            {
+                name: tuple(value) if isinstance(value, list) and name != "params" else value
+                for name, value in group.items()
+            }
             for group in saved["param_groups"]
         ]
         optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -36,7 +36,13 @@ HEATMAP_FOLDER = "heatmaps"
 DISPLAY_PERCENTILES = (1.0, 99.9)
 # A perceptual blue-green-yellow-red ramp (anchor positions, RGB in [0, 1]).
 COLOUR_RAMP = np.array(
-    [[0.0, 0.05, 0.05, 0.35], [0.25, 0.1, 0.4, 0.9], [0.5, 0.1, 0.8, 0.5], [0.75, 0.95, 0.85, 0.1], [1.0, 0.85, 0.1, 0.05]]
+    [
+        [0.0, 0.05, 0.05, 0.35],
+        [0.25, 0.1, 0.4, 0.9],
+        [0.5, 0.1, 0.8, 0.5],
+        [0.75, 0.95, 0.85, 0.1],
+        [1.0, 0.85, 0.1, 0.05],
+    ]
 )
 OVERLAY_ALPHA = 0.55
 
@@ -74,7 +80,9 @@ def collect_outputs(
 ) -> dict[str, DomainOutputs]:
     """Run the model over ``dataset`` in order; per domain, every sample's maps, scores and labels."""
     outputs = {name: DomainOutputs(domain) for name, domain in dataset.domains.items()}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers
+    )
     was_training = model.training
     model.eval()
     position = 0
@@ -83,7 +91,10 @@ def collect_outputs(
             count = batch["modality_count"]
             maps = anomaly_maps(model(batch["images"].to(device), count.to(device)), model.config)
             fused, per_modality = maps.fused.float().cpu().numpy(), maps.per_modality.float().cpu().numpy()
-            scores, modality_scores = maps.image_score.float().cpu().numpy(), maps.modality_scores.float().cpu().numpy()
+            scores, modality_scores = (
+                maps.image_score.float().cpu().numpy(),
+                maps.modality_scores.float().cpu().numpy(),
+            )
             for row, name in enumerate(batch["domains"]):
                 present = int(count[row])
                 target = outputs[name]
@@ -105,12 +116,17 @@ def sample_counts(labels: np.ndarray) -> dict[str, int]:
     return {"normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
 
 
-def metric_rows(arrays: dict[str, np.ndarray], modality_names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+def metric_rows(
+    arrays: dict[str, np.ndarray], modality_names: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
     """The fused row and one row per modality (its own map and score)."""
     rows = {FUSED: compute_metrics(arrays["labels"], arrays["scores"], arrays["masks"], arrays["maps"])}
     for slot, name in enumerate(modality_names):
         rows[name] = compute_metrics(
-            arrays["labels"], arrays["modality_scores"][:, slot], arrays["masks"], arrays["modality_maps"][:, slot]
+            arrays["labels"],
+            arrays["modality_scores"][:, slot],
+            arrays["masks"],
+            arrays["modality_maps"][:, slot],
         )
     return rows
 
@@ -147,8 +163,10 @@ def domain_report(result: DomainOutputs) -> dict[str, Any]:
     if blank.any():
         kept = result.arrays(~blank)
         report["without_blank_depth"] = {
-            "excluded": {"normal": int((blank & (arrays["labels"] == 0)).sum()),
-                         "defective": int((blank & (arrays["labels"] == 1)).sum())},
+            "excluded": {
+                "normal": int((blank & (arrays["labels"] == 0)).sum()),
+                "defective": int((blank & (arrays["labels"] == 1)).sum()),
+            },
             "samples": sample_counts(kept["labels"]),
             "metrics": metric_rows(kept, names),
         }
@@ -168,7 +186,9 @@ def evaluate_model(
     """Metrics of every domain of ``sources`` (or only ``domains``) on the test split, as a JSON-safe dict:
     ``{"domains": {name: domain_report}, "summary": aggregate of the fused rows}``; optionally heatmaps."""
     config = model.config
-    dataset = MultiDomainDataset(sources, "test", config.image_size, domains=domains, mean=config.mean, std=config.std)
+    dataset = MultiDomainDataset(
+        sources, "test", config.image_size, domains=domains, mean=config.mean, std=config.std
+    )
     if len(dataset) == 0:
         raise ValueError("the data spec has no test samples")
     results = collect_outputs(model, dataset, batch_size, torch.device(device), workers)
@@ -188,8 +208,15 @@ def summary_line(report: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------- markdown
 
-COLUMNS = {key: key.replace("image_", "I-").replace("pixel_", "P-").replace("aupro", "AUPRO")
-           .replace("auroc", "AUROC").replace("ap", "AP").replace("f1max", "F1max") for key in METRIC_KEYS}
+COLUMNS = {
+    key: key.replace("image_", "I-")
+    .replace("pixel_", "P-")
+    .replace("aupro", "AUPRO")
+    .replace("auroc", "AUROC")
+    .replace("ap", "AP")
+    .replace("f1max", "F1max")
+    for key in METRIC_KEYS
+}
 
 
 def _cell(value: float | None) -> str:
@@ -210,31 +237,57 @@ def markdown_report(report: dict[str, Any], title: str = "UniMMAD evaluation") -
     domains = report["domains"]
     lines = [f"# {title}", "", "## Per domain (fused map and score)", ""]
     lines += _metrics_table([(name, FUSED, d["samples"], d["metrics"][FUSED]) for name, d in domains.items()])
-    lines += ["", "## Per dataset (mean over its domains)", "", "| dataset | " + " | ".join(COLUMNS.values()) + " |",
-              "|" + "---|" * (len(COLUMNS) + 1)]
+    lines += [
+        "",
+        "## Per dataset (mean over its domains)",
+        "",
+        "| dataset | " + " | ".join(COLUMNS.values()) + " |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
     summary = report["summary"]
-    for name, metrics in [*summary["datasets"].items(), ("mean over domains", summary["mean_over_domains"]),
-                          ("mean over datasets", summary["mean_over_datasets"])]:
+    for name, metrics in [
+        *summary["datasets"].items(),
+        ("mean over domains", summary["mean_over_domains"]),
+        ("mean over datasets", summary["mean_over_datasets"]),
+    ]:
         lines.append(f"| {name} | " + " | ".join(_cell(metrics[key]) for key in METRIC_KEYS) + " |")
     lines += ["", "## Per modality (each modality's own map and score vs the fused ones)", ""]
     lines += _metrics_table(
-        [(name, source, d["samples"], metrics) for name, d in domains.items() for source, metrics in d["metrics"].items()]
+        [
+            (name, source, d["samples"], metrics)
+            for name, d in domains.items()
+            for source, metrics in d["metrics"].items()
+        ]
     )
     blank = {name: d["without_blank_depth"] for name, d in domains.items() if "without_blank_depth" in d}
     if blank:
         lines += ["", "## Without the samples whose depth image is blank (constant)", ""]
         for name, section in blank.items():
             excluded = section["excluded"]
-            lines.append(f"- {name}: {excluded['defective']} defective and {excluded['normal']} normal samples left out")
+            lines.append(
+                f"- {name}: {excluded['defective']} defective and {excluded['normal']} normal samples left out"
+            )
         lines.append("")
         lines += _metrics_table(
-            [(name, source, s["samples"], metrics) for name, s in blank.items() for source, metrics in s["metrics"].items()]
+            [
+                (name, source, s["samples"], metrics)
+                for name, s in blank.items()
+                for source, metrics in s["metrics"].items()
+            ]
         )
-    groups = {name: d["image_auroc_by_defect_modality"] for name, d in domains.items()
-              if "image_auroc_by_defect_modality" in d}
+    groups = {
+        name: d["image_auroc_by_defect_modality"]
+        for name, d in domains.items()
+        if "image_auroc_by_defect_modality" in d
+    }
     if groups:
-        lines += ["", "## Image AUROC per defect group (normals vs defects visible only in the named modalities)", "",
-                  "| domain | defect shown in | defective | fused | per modality |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Image AUROC per defect group (normals vs defects visible only in the named modalities)",
+            "",
+            "| domain | defect shown in | defective | fused | per modality |",
+            "|---|---|---|---|---|",
+        ]
         for name, table in groups.items():
             for group, row in table.items():
                 singles = ", ".join(f"{m} {_cell(row[m])}" for m in domains[name]["modalities"])
@@ -302,10 +355,17 @@ def write_heatmaps(
     for position in chosen_samples(result.labels, per_class):
         item = dataset[result.indices[position]]
         images = item["images"].numpy()
-        inputs = [display_image(images[slot], spec.kind, mean, std) for slot, spec in enumerate(result.domain.modalities)]
+        inputs = [
+            display_image(images[slot], spec.kind, mean, std)
+            for slot, spec in enumerate(result.domain.modalities)
+        ]
         mask = result.masks[position].astype(bool)
-        heat = [(result.maps[position], fused_range)] + [(m, modality_range) for m in result.modality_maps[position]]
-        panels = inputs + [overlay(inputs[0], (values - low) / (high - low), mask) for values, (low, high) in heat]
+        heat = [(result.maps[position], fused_range)] + [
+            (m, modality_range) for m in result.modality_maps[position]
+        ]
+        panels = inputs + [
+            overlay(inputs[0], (values - low) / (high - low), mask) for values, (low, high) in heat
+        ]
         label = "defective" if result.labels[position] else "normal"
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in item["id"])
         path = folder / f"{label}_{safe_id}.png"

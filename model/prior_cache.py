@@ -33,7 +33,9 @@ class PriorCache:
 
     def nbytes(self) -> int:
         """Memory held by the cached features."""
-        return sum(level.numel() * level.element_size() for levels in self.features.values() for level in levels)
+        return sum(
+            level.numel() * level.element_size() for levels in self.features.values() for level in levels
+        )
 
     def priors(self, images: Tensor, modality_count: Tensor, keys: Sequence[Hashable]) -> list[Tensor]:
         """Prior features of a batch in UniMMAD.forward's slot-major pair order.

@@ -149,7 +149,8 @@ def build_train_set(
         raise ValueError(f"domain(s) without training samples: {', '.join(empty)}")
     record = {
         "domains": [
-            domain_record(domain, train_sizes[name], len(holdout_ids[name])) for name, domain in dataset.domains.items()
+            domain_record(domain, train_sizes[name], len(holdout_ids[name]))
+            for name, domain in dataset.domains.items()
         ],
         "holdout": {"fraction": fraction, "seed": seed, "ids": holdout_ids},
     }
@@ -174,7 +175,9 @@ def check_resume(options: TrainOptions) -> dict[str, Any]:
         raise ValueError(f"--resume: {options.out} holds no resumable checkpoint")
     recorded = read_config(options.out)
     if recorded["data"]["spec"] != options.data:
-        raise ValueError(f"--resume: the run was trained on --data {recorded['data']['spec']!r}, not {options.data!r}")
+        raise ValueError(
+            f"--resume: the run was trained on --data {recorded['data']['spec']!r}, not {options.data!r}"
+        )
     if recorded["training"]["seed"] != options.seed:
         raise ValueError(f"--resume: the run used --seed {recorded['training']['seed']}, not {options.seed}")
     return recorded
@@ -184,12 +187,21 @@ def check_resume(options: TrainOptions) -> dict[str, Any]:
 
 
 def batch_loader(
-    dataset: MultiDomainDataset, sampler: DomainBalancedSampler, batch_size: int, skip_batches: int, workers: int
+    dataset: MultiDomainDataset,
+    sampler: DomainBalancedSampler,
+    batch_size: int,
+    skip_batches: int,
+    workers: int,
 ) -> DataLoader:
     """This epoch's batches (the sampler's draw), minus the first ``skip_batches`` already trained on."""
     indices = list(sampler)[skip_batches * batch_size :]
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=indices, collate_fn=collate, drop_last=True, num_workers=workers
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=workers,
     )
 
 
@@ -247,8 +259,15 @@ def train(
     deadline = started + options.max_minutes * 60 if options.max_minutes else None
     logger.info(
         "training %s: %d samples in %d domains, %d steps/epoch, %d epochs, batch %d, lr %g, device %s/%s",
-        config.preset, len(dataset), len(dataset.domains), steps_per_epoch, config.epochs, config.batch_size,
-        config.lr, device, options.precision,
+        config.preset,
+        len(dataset),
+        len(dataset.domains),
+        steps_per_epoch,
+        config.epochs,
+        config.batch_size,
+        config.lr,
+        device,
+        options.precision,
     )
 
     def checkpoint() -> None:
@@ -256,8 +275,13 @@ def train(
 
     out_of_time = False
     last_loss = float("nan")
-    bar = tqdm(total=steps_per_epoch * config.epochs, initial=progress["step"], desc="train", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=steps_per_epoch * config.epochs,
+        initial=progress["step"],
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     while progress["epoch"] < config.epochs and not out_of_time:
         epoch = progress["epoch"]
         sampler.set_epoch(epoch)
@@ -267,7 +291,11 @@ def train(
         for batch in loader:
             images = batch["images"].to(device, non_blocking=True)
             count = batch["modality_count"].to(device)
-            priors = cache.priors(images, count, list(zip(batch["domains"], batch["ids"]))) if cache is not None else None
+            priors = (
+                cache.priors(images, count, list(zip(batch["domains"], batch["ids"])))
+                if cache is not None
+                else None
+            )
             with autocast:
                 output = model(images, count, priors=priors)
                 terms = unimmad_loss(output, config, epoch, batch["loss_weight"].to(device))
@@ -281,8 +309,12 @@ def train(
             epoch_samples += images.shape[0]
             epoch_batches += 1
             rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            samples_s=f"{rate:.1f}")
+            bar.set_postfix(
+                epoch=epoch + 1,
+                loss=f"{last_loss:.4f}",
+                lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                samples_s=f"{rate:.1f}",
+            )
             bar.update()
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
@@ -292,21 +324,26 @@ def train(
             logger.info("time budget of %s min reached in epoch %d", options.max_minutes, epoch + 1)
             checkpoint()
             break
-        progress["history"].append({
-            "epoch": epoch + 1,
-            "mean_loss": loss_sum / max(epoch_batches, 1),
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": time.monotonic() - epoch_started,
-            "samples_per_second": epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
-        })
+        progress["history"].append(
+            {
+                "epoch": epoch + 1,
+                "mean_loss": loss_sum / max(epoch_batches, 1),
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": time.monotonic() - epoch_started,
+                "samples_per_second": epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
+            }
+        )
         scheduler.step()
         progress["epoch"] += 1
         progress["batches_done"] = 0
         logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, json.dumps(progress["history"][-1]))
         checkpoint()
-        if options.eval_every and (progress["epoch"] % options.eval_every == 0 or progress["epoch"] == config.epochs):
-            report = evaluate_model(model, sources, batch_size=config.batch_size, device=device,
-                                    domains=list(dataset.domains))
+        if options.eval_every and (
+            progress["epoch"] % options.eval_every == 0 or progress["epoch"] == config.epochs
+        ):
+            report = evaluate_model(
+                model, sources, batch_size=config.batch_size, device=device, domains=list(dataset.domains)
+            )
             eval_dir = Path(options.out) / EVAL_FOLDER
             eval_dir.mkdir(exist_ok=True)
             (eval_dir / f"epoch_{progress['epoch']:03d}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -314,8 +351,12 @@ def train(
     bar.close()
     cache_stats = {}
     if cache is not None:
-        cache_stats = {"pairs": len(cache), "megabytes": cache.nbytes() / 2**20, "hits": cache.hits,
-                       "misses": cache.misses}
+        cache_stats = {
+            "pairs": len(cache),
+            "megabytes": cache.nbytes() / 2**20,
+            "hits": cache.hits,
+            "misses": cache.misses,
+        }
         logger.info("prior cache: %s", json.dumps(cache_stats))
     return TrainResult(
         out=Path(options.out),

@@ -16,18 +16,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from model.config import preset  # noqa: E402
-from model.data import SyntheticConfig, parse_data_spec  # noqa: E402
-from model.data.loader import MultiDomainDataset, collate  # noqa: E402
-from model.losses import unimmad_loss  # noqa: E402
-from model.prior_cache import PriorCache  # noqa: E402
-from model.unimmad import UniMMAD  # noqa: E402
+from model.config import preset
+from model.data import SyntheticConfig, parse_data_spec
+from model.data.loader import MultiDomainDataset, collate
+from model.losses import unimmad_loss
+from model.prior_cache import PriorCache
+from model.unimmad import UniMMAD
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode (default: 5)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step (default: 8)")
     args = parser.parse_args()
@@ -42,8 +44,10 @@ def main() -> int:
     dataset = MultiDomainDataset(sources, "train", config.image_size, mean=config.mean, std=config.std)
     # Every synthetic domain in turn, so the batches hold 1 to 4 modalities like the unified run.
     order = [index for offset in range(args.batch_size) for index in range(offset, len(dataset), 60)]
-    batches = [collate([dataset[i] for i in order[k : k + args.batch_size]])
-               for k in range(0, (args.steps + 1) * args.batch_size, args.batch_size)]
+    batches = [
+        collate([dataset[i] for i in order[k : k + args.batch_size]])
+        for k in range(0, (args.steps + 1) * args.batch_size, args.batch_size)
+    ]
     batches = [batch for batch in batches if len(batch["ids"]) == args.batch_size][: args.steps + 1]
     cache = PriorCache(model)
 
@@ -62,17 +66,23 @@ def main() -> int:
     for mode, cached in (("uncached", False), ("cached", True)):
         if cached:
             for batch in batches:  # warm the cache: a later epoch only reads it
-                cache.priors(batch["images"], batch["modality_count"], list(zip(batch["domains"], batch["ids"])))
+                cache.priors(
+                    batch["images"], batch["modality_count"], list(zip(batch["domains"], batch["ids"]))
+                )
         step(batches[0], cached)
         timings[mode] = statistics.median(step(batch, cached) for batch in batches[1:])
-    print(json.dumps({
-        "batch_size": args.batch_size,
-        "steps": len(batches) - 1,
-        "threads": torch.get_num_threads(),
-        "seconds_per_step_uncached": round(timings["uncached"], 4),
-        "seconds_per_step_cached": round(timings["cached"], 4),
-        "speedup": round(timings["uncached"] / timings["cached"], 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "batch_size": args.batch_size,
+                "steps": len(batches) - 1,
+                "threads": torch.get_num_threads(),
+                "seconds_per_step_uncached": round(timings["uncached"], 4),
+                "seconds_per_step_cached": round(timings["cached"], 4),
+                "speedup": round(timings["uncached"] / timings["cached"], 3),
+            }
+        )
+    )
     return 0
 
 

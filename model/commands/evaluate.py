@@ -13,17 +13,28 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "evaluate", help="per-domain metrics, per-modality rows and heatmaps of a checkpoint", description=__doc__,
+        "evaluate",
+        help="per-domain metrics, per-modality rows and heatmaps of a checkpoint",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, type=Path, help="run folder written by 'train'")
-    parser.add_argument("--data", help="data spec to test on (default: the one the checkpoint was trained on)")
+    parser.add_argument(
+        "--data", help="data spec to test on (default: the one the checkpoint was trained on)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward (default: 8)")
-    parser.add_argument("--heatmaps", type=int, default=3, metavar="N",
-                        help="overlay PNGs for the first N normal and N defective samples per domain (default: 3)")
+    parser.add_argument(
+        "--heatmaps",
+        type=int,
+        default=3,
+        metavar="N",
+        help="overlay PNGs for the first N normal and N defective samples per domain (default: 3)",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
-    parser.add_argument("--prior-weights", help="where the prior's weights file lives now (sha256 must match)")
+    parser.add_argument(
+        "--prior-weights", help="where the prior's weights file lives now (sha256 must match)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     return parser
 
@@ -45,12 +56,21 @@ def run(args: argparse.Namespace) -> int:
     spec = args.data or config["data"]["spec"]
     args.out.mkdir(parents=True, exist_ok=True)
     report = evaluate_model(
-        model, parse_data_spec(spec), batch_size=args.batch_size, device=args.device,
-        heatmap_dir=args.out / HEATMAP_FOLDER, heatmaps_per_class=args.heatmaps, workers=args.workers,
+        model,
+        parse_data_spec(spec),
+        batch_size=args.batch_size,
+        device=args.device,
+        heatmap_dir=args.out / HEATMAP_FOLDER,
+        heatmaps_per_class=args.heatmaps,
+        workers=args.workers,
     )
     trained = {domain["name"] for domain in config["data"]["domains"]}
-    report = {"checkpoint": str(args.checkpoint), "data": spec,
-              "untrained_domains": sorted(set(report["domains"]) - trained), **report}
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "data": spec,
+        "untrained_domains": sorted(set(report["domains"]) - trained),
+        **report,
+    }
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "metrics.md").write_text(markdown_report(report, f"UniMMAD evaluation of {args.checkpoint}"))
     print(json.dumps({"out": str(args.out), **report["summary"]["mean_over_domains"]}))

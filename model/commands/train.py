@@ -16,25 +16,50 @@ from model.config import PRESETS
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "train", help="train one unified model on a data spec", description=__doc__,
+        "train",
+        help="train one unified model on a data spec",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--preset", default="lite", choices=list(PRESETS), help="model preset (default: lite)")
-    parser.add_argument("--data", required=True, help="data spec, e.g. synthetic,shared:magnetic_tile,mvtec3d:/path")
+    parser.add_argument(
+        "--preset", default="lite", choices=list(PRESETS), help="model preset (default: lite)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="data spec, e.g. synthetic,shared:magnetic_tile,mvtec3d:/path"
+    )
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, evaluations)")
     parser.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
     parser.add_argument("--batch-size", type=int, help="samples per step (default: the preset's)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate, cosine-annealed per epoch (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling and holdout (default: 0)")
+    parser.add_argument(
+        "--lr", type=float, help="Adam learning rate, cosine-annealed per epoch (default: the preset's)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation, sampling and holdout (default: 0)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument("--eval-every", type=int, default=10, metavar="EPOCHS",
-                        help="evaluate on the test split every N epochs and at the end; 0 = never (default: 10)")
-    parser.add_argument("--holdout-fraction", type=float, default=0.1,
-                        help="normal training samples per domain held out for calibration (default: 0.1)")
-    parser.add_argument("--max-minutes", type=float, help="stop (with a resumable checkpoint) after this wall time")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=10,
+        metavar="EPOCHS",
+        help="evaluate on the test split every N epochs and at the end; 0 = never (default: 10)",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help="normal training samples per domain held out for calibration (default: 0.1)",
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="stop (with a resumable checkpoint) after this wall time"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="bf16 autocast (CUDA only) or fp32 (default)")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16 autocast (CUDA only) or fp32 (default)",
+    )
     parser.add_argument("--prior-weights", help="weights file of the frozen prior (default: the preset's)")
     parser.add_argument("--no-prior-cache", action="store_true", help="recompute the frozen prior every step")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
@@ -47,12 +72,34 @@ def run(args: argparse.Namespace) -> int:
     from model.train import TrainOptions, train
 
     options = TrainOptions(
-        data=args.data, out=args.out, preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, resume=args.resume, eval_every=args.eval_every, holdout_fraction=args.holdout_fraction,
-        max_minutes=args.max_minutes, device=args.device, precision=args.precision,
-        prior_weights=args.prior_weights, prior_cache=not args.no_prior_cache, workers=args.workers,
+        data=args.data,
+        out=args.out,
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        resume=args.resume,
+        eval_every=args.eval_every,
+        holdout_fraction=args.holdout_fraction,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        precision=args.precision,
+        prior_weights=args.prior_weights,
+        prior_cache=not args.no_prior_cache,
+        workers=args.workers,
     )
     result = train(options)
-    print(json.dumps({"out": str(result.out), "epochs_done": result.epochs_done, "step": result.step,
-                      "finished": result.finished, "last_loss": result.last_loss, "prior_cache": result.cache_stats}))
+    print(
+        json.dumps(
+            {
+                "out": str(result.out),
+                "epochs_done": result.epochs_done,
+                "step": result.step,
+                "finished": result.finished,
+                "last_loss": result.last_loss,
+                "prior_cache": result.cache_stats,
+            }
+        )
+    )
     return 0

@@ -34,4 +34,6 @@ def tiny_config() -> UniMMADConfig:
 @pytest.fixture(scope="session")
 def tiny_synthetic() -> SyntheticConfig:
     """Six training and 3 + 3 test samples per synthetic domain, generated at 32 px."""
-    return SyntheticConfig(size=TINY_SIZE, train_per_domain=6, test_normal_per_domain=3, test_defective_per_domain=3)
+    return SyntheticConfig(
+        size=TINY_SIZE, train_per_domain=6, test_normal_per_domain=3, test_defective_per_domain=3
+    )

@@ -30,7 +30,9 @@ def trained_model(config, steps: int = 2):
 
 def test_round_trip_weights_config_optimiser_and_rng(tiny_config, tmp_path) -> None:
     model, optimizer, scheduler, images = trained_model(tiny_config)
-    save_checkpoint(tmp_path, model, {"data": {"spec": "synthetic"}}, optimizer, scheduler, {"epoch": 2, "step": 7})
+    save_checkpoint(
+        tmp_path, model, {"data": {"spec": "synthetic"}}, optimizer, scheduler, {"epoch": 2, "step": 7}
+    )
     expected_draw = torch.rand(3)
 
     loaded, config = load_checkpoint(tmp_path)
@@ -65,7 +67,10 @@ def test_no_pickle_and_prior_left_out_when_it_has_a_file(tiny_config, tmp_path) 
     run = tmp_path / "run"
     save_checkpoint(run, model, {"data": {}}, optimizer, scheduler, {"epoch": 1})
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "model.safetensors", "train_state.json", "train_state.safetensors"
+        "config.json",
+        "model.safetensors",
+        "train_state.json",
+        "train_state.safetensors",
     ]
     recorded = json.loads((run / "config.json").read_text())["prior"]
     assert recorded["source"] == str(prior_file) and len(recorded["sha256"]) == 64
@@ -73,7 +78,9 @@ def test_no_pickle_and_prior_left_out_when_it_has_a_file(tiny_config, tmp_path) 
     loaded, _ = load_checkpoint(run)
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(images).predictions[2], model(images).predictions[2], rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(images).predictions[2], model(images).predictions[2], rtol=0, atol=0
+        )
 
     moved = tmp_path / "moved.safetensors"
     prior_file.rename(moved)

@@ -17,14 +17,20 @@ SPEC = "synthetic"
 @pytest.fixture(scope="module")
 def finished_run(tiny_config, tiny_synthetic, tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("run")
-    result = train(TrainOptions(data=SPEC, out=out, eval_every=2, holdout_fraction=0.2), tiny_config, tiny_synthetic,
-                   allow_random_prior=True)
+    result = train(
+        TrainOptions(data=SPEC, out=out, eval_every=2, holdout_fraction=0.2),
+        tiny_config,
+        tiny_synthetic,
+        allow_random_prior=True,
+    )
     return out, result
 
 
 def test_train_writes_checkpoint_holdout_and_periodic_evaluation(finished_run) -> None:
     out, result = finished_run
-    assert result.finished and result.epochs_done == 2 and result.step == 2 * 4  # 4 domains x 4 train / batch 4
+    assert (
+        result.finished and result.epochs_done == 2 and result.step == 2 * 4
+    )  # 4 domains x 4 train / batch 4
     assert result.cache_stats["misses"] > 0 and result.cache_stats["hits"] > 0  # epoch 2 reads the cache
     config = read_config(out)
     holdout = config["data"]["holdout"]["ids"]
@@ -41,8 +47,12 @@ def test_resume_after_a_time_budget_continues_the_step_count(tiny_config, tiny_s
     assert (stopped.step, stopped.epochs_done, stopped.finished) == (1, 0, False)
     with pytest.raises(ValueError, match="--resume"):
         train(options, tiny_config, tiny_synthetic, allow_random_prior=True)
-    resumed = train(TrainOptions(data=SPEC, out=tmp_path, eval_every=0, resume=True), tiny_config, tiny_synthetic,
-                    allow_random_prior=True)
+    resumed = train(
+        TrainOptions(data=SPEC, out=tmp_path, eval_every=0, resume=True),
+        tiny_config,
+        tiny_synthetic,
+        allow_random_prior=True,
+    )
     # The recorded holdout fraction (0) wins over the default: 4 domains x 6 samples / batch 4 = 6 steps.
     assert (resumed.step, resumed.epochs_done, resumed.finished) == (2 * 6, 2, True)
     assert [entry["epoch"] for entry in resumed.history] == [1, 2]
@@ -50,8 +60,22 @@ def test_resume_after_a_time_budget_continues_the_step_count(tiny_config, tiny_s
 
 def test_evaluate_command_writes_json_markdown_and_heatmaps(finished_run, tmp_path, capsys) -> None:
     out, _ = finished_run
-    assert main(["evaluate", "--checkpoint", str(out), "--out", str(tmp_path), "--batch-size", "5",
-                 "--heatmaps", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(out),
+                "--out",
+                str(tmp_path),
+                "--batch-size",
+                "5",
+                "--heatmaps",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert printed["image_auroc"] == metrics["summary"]["mean_over_domains"]["image_auroc"]
@@ -77,7 +101,9 @@ def test_evaluation_does_not_depend_on_batch_size(finished_run, tiny_synthetic) 
     many = evaluate_model(model, sources, batch_size=6, domains=["synthetic/parts"])
     for source, row in one["domains"]["synthetic/parts"]["metrics"].items():
         for key, value in row.items():
-            assert value == pytest.approx(many["domains"]["synthetic/parts"]["metrics"][source][key], abs=1e-6)
+            assert value == pytest.approx(
+                many["domains"]["synthetic/parts"]["metrics"][source][key], abs=1e-6
+            )
 
 
 @pytest.mark.parametrize(
