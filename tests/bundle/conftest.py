@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
-# The tiny bundle builder is shared with the service tests; tests/ is not a package, so expose its folder.
+# The bundle-editing helpers are shared with the service tests; tests/ is not a package, so expose its folder.
 sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
 
-from tiny_bundle import make_test_bundle
+from service_helpers import copy_bundle
 
 
 @pytest.fixture()
-def bundle_dir(tmp_path: Path) -> Path:
-    return make_test_bundle(tmp_path / "bundle")
+def bundle_dir(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's tiny real bundle, free to break."""
+    return copy_bundle(tiny_bundle, tmp_path / "bundle")

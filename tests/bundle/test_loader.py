@@ -1,4 +1,4 @@
-"""The loader accepts a good bundle and rejects every broken one with one line that names the problem."""
+"""The loader accepts the tiny real bundle and rejects every broken copy of it with one line naming the problem."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_bundle import TEST_DOMAINS, make_test_bundle, rewrite_manifest
+from service_helpers import RGB_DEPTH_DOMAIN, RGB_DOMAIN, rewrite_manifest
 
 from bundle import BundleError, load_bundle
 from bundle.__main__ import SCHEMA_PATH, render_schema
@@ -25,13 +25,21 @@ def _error(path: Path) -> str:
     return message
 
 
-def test_good_bundle_resolves_every_graph(bundle_dir: Path) -> None:
-    loaded = load_bundle(bundle_dir)
-    assert set(loaded.manifest.domains) == set(TEST_DOMAINS)
-    assert loaded.graph("frozen").model == bundle_dir.resolve() / "model.onnx"
-    assert loaded.graph("dynamic").model.name == "model_dynamic.onnx"
-    depth = loaded.manifest.domains["mvtec3d/tire"].modality_specs[1]
-    assert (depth.name, depth.kind, depth.depth_scale) == ("depth", "depth", 10.0)
+def test_good_bundle_resolves_every_graph(tiny_bundle: Path) -> None:
+    raw = json.loads((tiny_bundle / "manifest.json").read_text(encoding="utf-8"))
+    loaded = load_bundle(tiny_bundle)
+    assert list(loaded.manifest.domains) == list(raw["domains"])
+    for kind in ("frozen", "dynamic"):
+        graph = loaded.graph(kind)
+        assert graph.model == tiny_bundle.resolve() / raw["graphs"][kind]["file"]
+        assert [p.name for p in graph.external_data] == [
+            d["file"] for d in raw["graphs"][kind]["external_data"]
+        ]
+        assert all(p.is_file() for p in (graph.model, *graph.external_data))
+    rgb, depth = loaded.manifest.domains[RGB_DEPTH_DOMAIN].modality_specs
+    assert (rgb.name, rgb.kind) == ("rgb", "rgb")
+    raw_depth = raw["domains"][RGB_DEPTH_DOMAIN]["modalities"][1]
+    assert (depth.name, depth.kind, depth.depth_scale) == ("depth", "depth", raw_depth["depth_scale"])
 
 
 def test_missing_folder(tmp_path: Path) -> None:
@@ -57,11 +65,11 @@ def test_unknown_format_version(bundle_dir: Path) -> None:
     ("edit", "where"),
     [
         (lambda m: m.update(surprise=1), "surprise"),
-        (lambda m: m["domains"]["mvtec/bottle"]["modalities"][0].update(kind="thermal"), "kind"),
-        (lambda m: m["domains"]["mvtec3d/tire"].update(index=0), "share index 0"),
+        (lambda m: m["domains"][RGB_DOMAIN]["modalities"][0].update(kind="thermal"), "kind"),
+        (lambda m: m["domains"][RGB_DEPTH_DOMAIN].update(index=0), "share index 0"),
         (lambda m: m["graphs"]["frozen"].update(file="../model.onnx"), "relative path"),
-        (lambda m: m["domains"]["mvtec/bottle"].update(threshold="NaN"), "finite"),
-        (lambda m: m["domains"]["mvtec3d/tire"]["modalities"][1].pop("depth_scale"), "needs depth_scale"),
+        (lambda m: m["domains"][RGB_DOMAIN].update(threshold="NaN"), "finite"),
+        (lambda m: m["domains"][RGB_DEPTH_DOMAIN]["modalities"][1].pop("depth_scale"), "needs depth_scale"),
     ],
 )
 def test_schema_violations(bundle_dir: Path, edit, where: str) -> None:
@@ -77,20 +85,19 @@ def test_missing_graph_file(bundle_dir: Path) -> None:
 
 
 def test_missing_external_data(bundle_dir: Path) -> None:
-    rewrite_manifest(bundle_dir, lambda m: m["graphs"]["frozen"]["external_data"].append(
-        {"file": "model.onnx.data", "sha256": "0" * 64}))
+    (bundle_dir / "model.onnx.data").unlink()
     assert "lacks the file model.onnx.data" in _error(bundle_dir)
 
 
-def test_sha256_mismatch_names_the_file(bundle_dir: Path) -> None:
-    with (bundle_dir / "model.onnx").open("ab") as handle:
+@pytest.mark.parametrize("name", ["model.onnx", "model.onnx.data"])
+def test_sha256_mismatch_names_the_file(bundle_dir: Path, name: str) -> None:
+    with (bundle_dir / name).open("ab") as handle:
         handle.write(b"\0")
-    message = _error(bundle_dir)
-    assert message.startswith("sha256 mismatch for model.onnx:")
+    assert _error(bundle_dir).startswith(f"sha256 mismatch for {name}:")
 
 
-def test_manifest_round_trips(bundle_dir: Path) -> None:
-    manifest = load_bundle(bundle_dir).manifest
+def test_manifest_round_trips(tiny_bundle: Path) -> None:
+    manifest = load_bundle(tiny_bundle).manifest
     assert Manifest.model_validate_json(manifest.model_dump_json()) == manifest
 
 
@@ -100,13 +107,22 @@ def test_committed_schema_is_current() -> None:
     )
 
 
-def test_check_cli_reports_one_line(bundle_dir: Path) -> None:
+def test_check_cli_reports_one_line(bundle_dir: Path, tiny_bundle: Path) -> None:
     (bundle_dir / "manifest.json").unlink()
-    result = subprocess.run([sys.executable, "-m", "bundle", "check", str(bundle_dir)],
-                            capture_output=True, text=True, cwd=REPO, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bundle", "check", str(bundle_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "no manifest.json" in result.stderr
-    good = subprocess.run([sys.executable, "-m", "bundle", "check", str(make_test_bundle(bundle_dir.parent / "good"))],
-                          capture_output=True, text=True, cwd=REPO, check=False)
+    good = subprocess.run(
+        [sys.executable, "-m", "bundle", "check", str(tiny_bundle)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert good.returncode == 0 and good.stdout.startswith("ok:")
-

@@ -1,4 +1,4 @@
-"""Fixtures for the live tests: the service tests' tiny real bundle, served by a `python -m service` child."""
+"""Fixtures for the live tests: the session's tiny real bundle (tests/conftest.py) served by a `python -m service` child."""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
-# tests/ is not a package: reuse the service tests' bundle builder; the scripts are imported as modules.
+# tests/ is not a package: reuse the service tests' upload helpers; the scripts are imported as modules.
 sys.path[:0] = [str(TESTS / "service"), str(TESTS.parent / "scripts"), str(TESTS.parent / "benchmarks")]
 
 import live_service
-from tiny_bundle import make_test_bundle
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_test_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 import subprocess
 import time
@@ -13,7 +12,7 @@ import pytest
 import yaml
 from deploy_files import PROMETHEUS_CONFIG
 from live_service import LOOPBACK, free_port
-from PIL import Image
+from service_helpers import RGB_DOMAIN, uploads
 
 DETECT_CALLS = 3
 WAIT_S = 45.0
@@ -41,12 +40,6 @@ def scrape_config_for(target: str) -> dict:
     }
 
 
-def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (24, 20), (200, 30, 90)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def query(base_url: str, promql: str) -> list[dict]:
     answer = httpx.get(f"{base_url}/api/v1/query", params={"query": promql}, timeout=5.0).json()
     assert answer["status"] == "success", answer
@@ -58,8 +51,8 @@ def test_prometheus_scrapes_request_counts_from_the_live_service(served, tmp_pat
     for _ in range(DETECT_CALLS):
         response = httpx.post(
             f"{served.url}/detect",
-            data={"domain": "mvtec/bottle", "heatmap": "none"},
-            files={"rgb": ("part.png", png_bytes(), "image/png")},
+            data={"domain": RGB_DOMAIN, "heatmap": "none"},
+            files=uploads(RGB_DOMAIN),
             timeout=30.0,
         )
         assert response.status_code == 200, response.text

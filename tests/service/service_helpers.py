@@ -1,16 +1,36 @@
-"""Helpers shared by the service tests: settings for the tiny bundle, readiness and valid uploads."""
+"""Helpers shared by the service and bundle tests: settings, readiness, realistic uploads, bundle copies.
+
+The bundle is the session's tiny real export (tests/conftest.py): the four synthetic domains, one per
+modality set. Uploads are synthetic scenes of those domains encoded the way users send them.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import time
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from model.data.synthetic import SyntheticConfig, generate
 from service import Settings
+
+# One domain per modality set of the tiny bundle.
+RGB_DOMAIN = "synthetic/tiles"  # rgb
+RGB_DEPTH_DOMAIN = "synthetic/parts"  # rgb, depth
+RGB_INFRARED_DEPTH_DOMAIN = "synthetic/boards"  # rgb, infrared, depth
+MRI_DOMAIN = "synthetic/brain"  # flair, t1, t1ce, t2
+# Not the bundle's input size, so every upload goes through the resize of its kind.
+UPLOAD_SIZE = 80
+
+Upload = tuple[str, bytes, str]
 
 
 def make_settings(bundle: Path, **overrides) -> Settings:
@@ -18,7 +38,7 @@ def make_settings(bundle: Path, **overrides) -> Settings:
     return Settings(**(defaults | overrides))
 
 
-def wait_ready(client: TestClient, timeout_s: float = 10.0) -> None:
+def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "service did not become ready"
@@ -37,17 +57,46 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def sample_files(modalities: list[tuple[str, str]], seed: int = 0) -> dict[str, tuple[str, bytes, str]]:
-    """One valid upload per modality: rgb as 8-bit PNG, gray as 16-bit PNG, depth as a float32 .npy."""
-    rng = np.random.default_rng(seed)
-    files = {}
-    for name, kind in modalities:
-        if kind == "rgb":
-            files[name] = (f"{name}.png", png_bytes(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)), "image/png")
-        elif kind == "gray":
-            files[name] = (f"{name}.png", png_bytes(rng.integers(0, 65536, (20, 20), dtype=np.uint16)), "image/png")
+def xyz_tiff_bytes(depth: np.ndarray) -> bytes:
+    """A depth map as an MVTec-3D style float32 xyz TIFF: x and y pixel grids, z the depth."""
+    y, x = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]].astype(np.float32) / depth.shape[0]
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.dstack([x, y, depth]).astype(np.float32), photometric="rgb")
+    return buffer.getvalue()
+
+
+@cache
+def _encoded_scene(domain: str, index: int, depth_format: str) -> tuple[tuple[str, Upload], ...]:
+    scene = generate(domain, "test", index, None, SyntheticConfig(size=UPLOAD_SIZE))
+    files = []
+    for spec in scene.specs:
+        array = scene.modalities[spec.name]
+        if spec.kind == "depth" and depth_format == "tiff":
+            upload = (f"{spec.name}.tiff", xyz_tiff_bytes(array), "image/tiff")
+        elif spec.kind == "depth":
+            upload = (f"{spec.name}.npy", npy_bytes(array), "application/octet-stream")
+        elif spec.kind == "gray":
+            # Scanners and MRI exports write 16 bits; the same scene at full 16-bit scale.
+            upload = (f"{spec.name}.png", png_bytes(array.astype(np.uint16) * 257), "image/png")
         else:
-            depth = rng.uniform(0.5, 1.0, (18, 18)).astype(np.float32)
-            depth[:3] = 0.0  # background rows
-            files[name] = (f"{name}.npy", npy_bytes(depth), "application/octet-stream")
-    return files
+            upload = (f"{spec.name}.png", png_bytes(array), "image/png")
+        files.append((spec.name, upload))
+    return tuple(files)
+
+
+def uploads(domain: str, index: int = 0, *, depth_format: str = "npy") -> dict[str, Upload]:
+    """Scene ``index`` of a synthetic ``domain`` as /detect files: PNG rgb, 16-bit PNG gray, depth .npy or xyz TIFF."""
+    return dict(_encoded_scene(domain, index, depth_format))
+
+
+def copy_bundle(bundle: Path, target: Path) -> Path:
+    """A private copy of ``bundle`` for a test that breaks or edits it."""
+    return Path(shutil.copytree(bundle, target))
+
+
+def rewrite_manifest(root: Path, edit: Callable[[dict], object]) -> None:
+    """Apply ``edit(dict)`` to the raw manifest JSON (for tests that break a bundle on purpose)."""
+    path = root / "manifest.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data), encoding="utf-8")

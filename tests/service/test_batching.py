@@ -9,8 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
-from service_helpers import make_settings, sample_files, wait_ready
+from service_helpers import RGB_DOMAIN, make_settings, uploads, wait_ready
 
 from service import create_app
 from service.batcher import Batcher
@@ -18,12 +19,11 @@ from service.errors import ServiceError
 from service.inference import BatchOutputs
 from service.metrics import Metrics
 
-BOTTLE = [("rgb", "rgb")]
 
-
-def _post(client: TestClient, seed: int = 0):
-    return client.post("/detect", data={"domain": "mvtec/bottle", "heatmap": "none"},
-                       files=sample_files(BOTTLE, seed=seed))
+def _post(client: TestClient, scene: int = 0):
+    return client.post(
+        "/detect", data={"domain": RGB_DOMAIN, "heatmap": "none"}, files=uploads(RGB_DOMAIN, scene)
+    )
 
 
 def _batch_counts(client: TestClient) -> tuple[float, float]:
@@ -56,24 +56,26 @@ def _wait_for(condition, timeout_s: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def test_concurrent_requests_share_a_batch(bundle_dir) -> None:
-    settings = make_settings(bundle_dir, max_batch_size=8, max_batch_wait_ms=250)
+def test_concurrent_requests_share_a_batch(tiny_bundle) -> None:
+    settings = make_settings(tiny_bundle, max_batch_size=8, max_batch_wait_ms=250)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         with ThreadPoolExecutor(8) as pool:
-            responses = list(pool.map(lambda seed: _post(client, seed), range(8)))
+            responses = list(pool.map(lambda scene: _post(client, scene), range(8)))
         assert all(r.status_code == 200 for r in responses)
         assert max(r.json()["timings"]["batch_size"] for r in responses) > 1
         ones, total = _batch_counts(client)
         assert total < 8 and ones < total
         # Batched results equal single-request results for the same input.
         alone = _post(client, 3).json()["image_score"]
-        assert responses[3].json()["image_score"] == alone
+        assert responses[3].json()["image_score"] == pytest.approx(alone, rel=1e-6)
 
 
-def test_full_queue_answers_503_with_retry_after(bundle_dir) -> None:
+def test_full_queue_answers_503_with_retry_after(tiny_bundle) -> None:
     # The in-flight limit is raised so the batcher's own bound, the second line, is the one that refuses.
-    settings = make_settings(bundle_dir, max_batch_size=1, max_batch_wait_ms=0, queue_size=1, max_in_flight=10)
+    settings = make_settings(
+        tiny_bundle, max_batch_size=1, max_batch_wait_ms=0, queue_size=1, max_in_flight=10
+    )
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(2) as pool:
         wait_ready(client)
         runtime = client.app.state.runtime
@@ -91,8 +93,8 @@ def test_full_queue_answers_503_with_retry_after(bundle_dir) -> None:
         assert queued.result().status_code == 200
 
 
-def test_timeout_is_504_and_the_abandoned_request_takes_no_batch_slot(bundle_dir) -> None:
-    settings = make_settings(bundle_dir, max_batch_size=4, max_batch_wait_ms=0, request_timeout_s=0.3)
+def test_timeout_is_504_and_the_abandoned_request_takes_no_batch_slot(tiny_bundle) -> None:
+    settings = make_settings(tiny_bundle, max_batch_size=4, max_batch_wait_ms=0, request_timeout_s=0.3)
     with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
         wait_ready(client)
         gate = Gate(client.app.state.runtime.engine)

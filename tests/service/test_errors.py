@@ -8,11 +8,18 @@ import zlib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import make_settings, npy_bytes, png_bytes, sample_files, wait_ready
+from service_helpers import (
+    RGB_DEPTH_DOMAIN,
+    RGB_DOMAIN,
+    RGB_INFRARED_DEPTH_DOMAIN,
+    make_settings,
+    npy_bytes,
+    png_bytes,
+    uploads,
+    wait_ready,
+)
 
 from service import create_app
-
-RGB_DEPTH = [("rgb", "rgb"), ("depth", "depth")]
 
 
 def _expect(response, status: int, code: str) -> str:
@@ -23,8 +30,9 @@ def _expect(response, status: int, code: str) -> str:
     return error["message"]
 
 
-def _tire(client, **files):
-    return client.post("/detect", data={"domain": "mvtec3d/tire"}, files=sample_files(RGB_DEPTH) | files)
+def _rgb_depth(client, **files):
+    """A valid rgb + depth request with some files replaced."""
+    return client.post("/detect", data={"domain": RGB_DEPTH_DOMAIN}, files=uploads(RGB_DEPTH_DOMAIN) | files)
 
 
 def _huge_png(width: int, height: int) -> bytes:
@@ -39,84 +47,111 @@ def _huge_png(width: int, height: int) -> bytes:
 
 
 def test_unknown_domain(client) -> None:
-    message = _expect(client.post("/detect", data={"domain": "mvtec/bottel"},
-                                  files=sample_files([("rgb", "rgb")])), 422, "unknown_domain")
-    assert "mvtec/bottle" in message
+    misspelt = RGB_DOMAIN.replace("tiles", "tyles")
+    message = _expect(
+        client.post("/detect", data={"domain": misspelt}, files=uploads(RGB_DOMAIN)), 422, "unknown_domain"
+    )
+    assert RGB_DOMAIN in message
 
 
 def test_missing_domain_field(client) -> None:
-    _expect(client.post("/detect", files=sample_files([("rgb", "rgb")])), 422, "missing_field")
+    _expect(client.post("/detect", files=uploads(RGB_DOMAIN)), 422, "missing_field")
 
 
 def test_missing_modality(client) -> None:
-    message = _expect(client.post("/detect", data={"domain": "mvtec3d/tire"},
-                                  files=sample_files([("rgb", "rgb")])), 422, "missing_modality")
+    message = _expect(
+        client.post("/detect", data={"domain": RGB_DEPTH_DOMAIN}, files=uploads(RGB_DOMAIN)),
+        422,
+        "missing_modality",
+    )
     assert "depth" in message
 
 
 def test_extra_modality(client) -> None:
-    files = sample_files([("rgb", "rgb"), ("infrared", "gray")])
-    message = _expect(client.post("/detect", data={"domain": "mvtec/bottle"}, files=files), 422,
-                      "unexpected_modality")
+    files = uploads(RGB_DOMAIN) | {"infrared": uploads(RGB_INFRARED_DEPTH_DOMAIN)["infrared"]}
+    message = _expect(
+        client.post("/detect", data={"domain": RGB_DOMAIN}, files=files), 422, "unexpected_modality"
+    )
     assert "infrared" in message
 
 
 def test_duplicated_modality(client) -> None:
-    rgb = sample_files([("rgb", "rgb")])["rgb"]
-    response = client.post("/detect", data={"domain": "mvtec/bottle"}, files=[("rgb", rgb), ("rgb", rgb)])
+    rgb = uploads(RGB_DOMAIN)["rgb"]
+    response = client.post("/detect", data={"domain": RGB_DOMAIN}, files=[("rgb", rgb), ("rgb", rgb)])
     _expect(response, 422, "duplicated_modality")
 
 
 def test_modality_sent_as_text(client) -> None:
-    response = client.post("/detect", data={"domain": "mvtec/bottle", "rgb": "not a file"},
-                           files={"unused": ("x", b"", "text/plain")})
+    response = client.post(
+        "/detect",
+        data={"domain": RGB_DOMAIN, "rgb": "not a file"},
+        files={"unused": ("x", b"", "text/plain")},
+    )
     assert response.status_code == 422
 
 
 def test_invalid_heatmap_mode(client) -> None:
-    response = client.post("/detect", data={"domain": "mvtec/bottle", "heatmap": "jpeg"},
-                           files=sample_files([("rgb", "rgb")]))
+    response = client.post(
+        "/detect", data={"domain": RGB_DOMAIN, "heatmap": "jpeg"}, files=uploads(RGB_DOMAIN)
+    )
     _expect(response, 422, "invalid_heatmap")
 
 
 def test_empty_file(client) -> None:
-    _expect(_tire(client, rgb=("rgb.png", b"", "image/png")), 422, "empty_file")
+    _expect(_rgb_depth(client, rgb=("rgb.png", b"", "image/png")), 422, "empty_file")
 
 
 def test_non_image_bytes(client) -> None:
-    _expect(_tire(client, rgb=("rgb.png", b"hello, this is text", "image/png")), 415, "unsupported_format")
+    _expect(
+        _rgb_depth(client, rgb=("rgb.png", b"hello, this is text", "image/png")), 415, "unsupported_format"
+    )
 
 
 def test_truncated_png(client) -> None:
     data = png_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    message = _expect(_tire(client, rgb=("rgb.png", data[: len(data) // 2], "image/png")), 422, "truncated_image")
+    message = _expect(
+        _rgb_depth(client, rgb=("rgb.png", data[: len(data) // 2], "image/png")), 422, "truncated_image"
+    )
     assert message.startswith("rgb")
 
 
 def test_unreadable_tiff(client) -> None:
-    _expect(_tire(client, depth=("d.tiff", b"II*\0" + b"\xff" * 64, "image/tiff")), 422, "unreadable_tiff")
+    _expect(
+        _rgb_depth(client, depth=("d.tiff", b"II*\0" + b"\xff" * 64, "image/tiff")), 422, "unreadable_tiff"
+    )
 
 
 def test_nan_in_rgb_array(client) -> None:
     image = np.full((8, 8, 3), 0.5, dtype=np.float32)
     image[0, 0, 0] = np.nan
-    _expect(_tire(client, rgb=("rgb.npy", npy_bytes(image), "application/octet-stream")), 422,
-            "non_finite_values")
+    _expect(
+        _rgb_depth(client, rgb=("rgb.npy", npy_bytes(image), "application/octet-stream")),
+        422,
+        "non_finite_values",
+    )
 
 
 def test_bad_array_rank(client) -> None:
-    _expect(_tire(client, depth=("d.npy", npy_bytes(np.ones(16, np.float32)), "application/octet-stream")),
-            422, "bad_array_rank")
+    _expect(
+        _rgb_depth(client, depth=("d.npy", npy_bytes(np.ones(16, np.float32)), "application/octet-stream")),
+        422,
+        "bad_array_rank",
+    )
 
 
 def test_bad_array_dtype(client) -> None:
-    _expect(_tire(client, depth=("d.npy", npy_bytes(np.ones((4, 4), np.complex64)), "application/octet-stream")),
-            422, "bad_array_dtype")
+    _expect(
+        _rgb_depth(
+            client, depth=("d.npy", npy_bytes(np.ones((4, 4), np.complex64)), "application/octet-stream")
+        ),
+        422,
+        "bad_array_dtype",
+    )
 
 
 def test_wrong_content_type(client) -> None:
-    _expect(client.post("/detect", json={"domain": "mvtec/bottle"}), 415, "unsupported_media_type")
-    _expect(client.post("/detect", data={"domain": "mvtec/bottle"}), 415, "unsupported_media_type")
+    _expect(client.post("/detect", json={"domain": RGB_DOMAIN}), 415, "unsupported_media_type")
+    _expect(client.post("/detect", data={"domain": RGB_DOMAIN}), 415, "unsupported_media_type")
 
 
 def test_unknown_route_and_method(client) -> None:
@@ -125,8 +160,8 @@ def test_unknown_route_and_method(client) -> None:
 
 
 @pytest.fixture()
-def limited_client(bundle_dir):
-    settings = make_settings(bundle_dir, max_upload_bytes=32_768, max_pixels=100_000)
+def limited_client(tiny_bundle):
+    settings = make_settings(tiny_bundle, max_upload_bytes=32_768, max_pixels=100_000)
     with TestClient(create_app(settings)) as test_client:
         wait_ready(test_client)
         yield test_client
@@ -135,29 +170,30 @@ def limited_client(bundle_dir):
 def test_decompression_bomb_is_refused_before_decoding(limited_client) -> None:
     bomb = _huge_png(4000, 4000)
     assert len(bomb) < 32_768  # small on the wire, 16 Mpx decoded
-    _expect(_tire(limited_client, rgb=("rgb.png", bomb, "image/png")), 413, "too_many_pixels")
+    _expect(_rgb_depth(limited_client, rgb=("rgb.png", bomb, "image/png")), 413, "too_many_pixels")
 
 
 def test_file_over_upload_limit(limited_client) -> None:
     big = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    _expect(_tire(limited_client, rgb=("rgb.png", png_bytes(big), "image/png")), 413, "file_too_large")
+    _expect(_rgb_depth(limited_client, rgb=("rgb.png", png_bytes(big), "image/png")), 413, "file_too_large")
 
 
 def test_body_over_limit_is_cut_while_streaming(limited_client) -> None:
     def chunks():
-        boundary = b"--b\r\nContent-Disposition: form-data; name=\"rgb\"; filename=\"x\"\r\n\r\n"
+        boundary = b'--b\r\nContent-Disposition: form-data; name="rgb"; filename="x"\r\n\r\n'
         yield boundary
         for _ in range(100):
             yield b"\0" * 8192
 
-    response = limited_client.post("/detect", content=chunks(),
-                                   headers={"content-type": "multipart/form-data; boundary=b"})
+    response = limited_client.post(
+        "/detect", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
     _expect(response, 413, "payload_too_large")
 
 
-def test_server_fault_is_500_and_service_survives(bundle_dir) -> None:
+def test_server_fault_is_500_and_service_survives(tiny_bundle) -> None:
     # As a real server does: answer the fault instead of re-raising it into the test.
-    with TestClient(create_app(make_settings(bundle_dir)), raise_server_exceptions=False) as client:
+    with TestClient(create_app(make_settings(tiny_bundle)), raise_server_exceptions=False) as client:
         wait_ready(client)
         _assert_fault_then_recovery(client)
 
@@ -171,7 +207,7 @@ def _assert_fault_then_recovery(client: TestClient) -> None:
 
     engine.run = broken
     try:
-        _expect(_tire(client), 500, "internal_error")
+        _expect(_rgb_depth(client), 500, "internal_error")
     finally:
         engine.run = original
-    assert _tire(client).status_code == 200
+    assert _rgb_depth(client).status_code == 200

@@ -11,19 +11,20 @@ import json
 from collections.abc import Awaitable, Callable
 
 import httpx
-from service_helpers import make_settings, sample_files
+from service_helpers import RGB_DOMAIN, make_settings, uploads
 
 from service import Settings, create_app
 
 Receive = Callable[[], Awaitable[dict]]
-BOTTLE = [("rgb", "rgb")]
 
 
-def _detect_request(seed: int = 0) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of a valid multipart POST /detect for the bottle domain."""
+def _detect_request() -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a valid multipart POST /detect for the rgb domain."""
     request = httpx.Request(
-        "POST", "http://testserver/detect", data={"domain": "mvtec/bottle", "heatmap": "none"},
-        files=sample_files(BOTTLE, seed=seed),
+        "POST",
+        "http://testserver/detect",
+        data={"domain": RGB_DOMAIN, "heatmap": "none"},
+        files=uploads(RGB_DOMAIN),
     )
     body = request.read()
     return [(k.lower(), v) for k, v in request.headers.raw], body
@@ -31,13 +32,24 @@ def _detect_request(seed: int = 0) -> tuple[list[tuple[bytes, bytes]], bytes]:
 
 def _scope(headers: list[tuple[bytes, bytes]]) -> dict:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/detect", "raw_path": b"/detect", "root_path": "", "query_string": b"", "headers": headers,
-        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/detect",
+        "raw_path": b"/detect",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
     }
 
 
-def _body_once(body: bytes, *, gate: asyncio.Event | None = None, asked: asyncio.Event | None = None) -> Receive:
+def _body_once(
+    body: bytes, *, gate: asyncio.Event | None = None, asked: asyncio.Event | None = None
+) -> Receive:
     """A client that sends ``body`` (after ``gate`` opens) and then stays connected."""
     sent = False
     connected_forever = asyncio.Event()
@@ -68,16 +80,18 @@ async def _call(app, headers, receive: Receive) -> tuple[int, dict[str, str], di
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body)
 
 
-def test_detect_over_the_in_flight_limit_gets_503_without_its_body_being_read(bundle_dir) -> None:
+def test_detect_over_the_in_flight_limit_gets_503_without_its_body_being_read(tiny_bundle) -> None:
     async def scenario() -> None:
-        app = create_app(make_settings(bundle_dir, max_in_flight=1))
+        app = create_app(make_settings(tiny_bundle, max_in_flight=1))
         async with app.router.lifespan_context(app):
             await asyncio.wait_for(app.state.runtime.ready.wait(), 10)
             headers, body = _detect_request()
 
             # The first request is admitted and waits for its body: it holds the only slot.
             release, first_asked = asyncio.Event(), asyncio.Event()
-            first = asyncio.create_task(_call(app, headers, _body_once(body, gate=release, asked=first_asked)))
+            first = asyncio.create_task(
+                _call(app, headers, _body_once(body, gate=release, asked=first_asked))
+            )
             await asyncio.wait_for(first_asked.wait(), 10)
 
             reads = 0
@@ -106,16 +120,20 @@ def test_detect_over_the_in_flight_limit_gets_503_without_its_body_being_read(bu
     asyncio.run(scenario())
 
 
-def test_health_metrics_and_other_routes_are_not_limited(bundle_dir) -> None:
+def test_health_metrics_and_other_routes_are_not_limited(tiny_bundle) -> None:
     async def scenario() -> None:
-        app = create_app(make_settings(bundle_dir, max_in_flight=1))
+        app = create_app(make_settings(tiny_bundle, max_in_flight=1))
         async with app.router.lifespan_context(app):
             await asyncio.wait_for(app.state.runtime.ready.wait(), 10)
             headers, body = _detect_request()
             asked = asyncio.Event()
-            held = asyncio.create_task(_call(app, headers, _body_once(body, gate=asyncio.Event(), asked=asked)))
+            held = asyncio.create_task(
+                _call(app, headers, _body_once(body, gate=asyncio.Event(), asked=asked))
+            )
             await asyncio.wait_for(asked.wait(), 10)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://testserver") as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://testserver"
+            ) as client:
                 for route in ("/readyz", "/metrics", "/domains"):
                     assert (await client.get(route)).status_code == 200
             held.cancel()
@@ -123,7 +141,9 @@ def test_health_metrics_and_other_routes_are_not_limited(bundle_dir) -> None:
     asyncio.run(scenario())
 
 
-def test_in_flight_limit_defaults_to_queue_plus_batch_and_reads_the_environment(bundle_dir, monkeypatch) -> None:
-    assert make_settings(bundle_dir, queue_size=10, max_batch_size=4).detect_in_flight_limit == 14
+def test_in_flight_limit_defaults_to_queue_plus_batch_and_reads_the_environment(
+    tiny_bundle, monkeypatch
+) -> None:
+    assert make_settings(tiny_bundle, queue_size=10, max_batch_size=4).detect_in_flight_limit == 14
     monkeypatch.setenv("UNIMMAD_MAX_IN_FLIGHT", "3")
-    assert Settings(bundle=bundle_dir).detect_in_flight_limit == 3
+    assert Settings(bundle=tiny_bundle).detect_in_flight_limit == 3

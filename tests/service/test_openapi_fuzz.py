@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
+from service_helpers import RGB_DOMAIN
 
 MAX_EXAMPLES = 25
 DECODE_EXAMPLES = 60
@@ -69,11 +70,13 @@ def _mutated(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         return seed[:at]
     patch = draw(st.binary(min_size=1, max_size=16))
-    return seed[:at] + patch + seed[at + len(patch):]
+    return seed[:at] + patch + seed[at + len(patch) :]
 
 
 # Intact seeds keep whole-domain forms decodable often enough to reach preprocessing and inference too.
-hostile_file = st.one_of(st.binary(min_size=1, max_size=64), st.sampled_from(SEED_FILES), _mutated(), _mutated())
+hostile_file = st.one_of(
+    st.binary(min_size=1, max_size=64), st.sampled_from(SEED_FILES), _mutated(), _mutated()
+)
 
 
 def _served_schema(client):
@@ -82,7 +85,14 @@ def _served_schema(client):
 
 def test_no_server_errors_under_fuzzing(client) -> None:
     operations = [result.ok() for result in _served_schema(client).get_all_operations()]
-    assert {op.path for op in operations} >= {"/detect", "/domains", "/model", "/healthz", "/readyz", "/metrics"}
+    assert {op.path for op in operations} >= {
+        "/detect",
+        "/domains",
+        "/model",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -96,7 +106,9 @@ def test_no_server_errors_under_fuzzing(client) -> None:
 
 def test_no_server_errors_when_decoders_get_hostile_files(client) -> None:
     detect = _served_schema(client)["/detect"]["POST"]
-    domains = {d["name"]: [m["name"] for m in d["modalities"]] for d in client.get("/domains").json()["domains"]}
+    domains = {
+        d["name"]: [m["name"] for m in d["modalities"]] for d in client.get("/domains").json()["domains"]
+    }
     statuses: set[int] = set()
 
     @st.composite
@@ -114,7 +126,11 @@ def test_no_server_errors_when_decoders_get_hostile_files(client) -> None:
         statuses.add(response.status_code)
         # A 422 naming a form field would mean the bytes never reached a decoder.
         if response.status_code == 422:
-            assert response.json()["error"]["code"] not in {"missing_modality", "not_a_file", "unexpected_modality"}
+            assert response.json()["error"]["code"] not in {
+                "missing_modality",
+                "not_a_file",
+                "unexpected_modality",
+            }
 
     fuzz()
     # Hostile bytes must be refused for what they are, not by the form checks.
@@ -124,6 +140,9 @@ def test_no_server_errors_when_decoders_get_hostile_files(client) -> None:
 @pytest.mark.parametrize("seed", SEED_FILES[:-1], ids=["png8", "png16", "jpeg", "bmp", "tiff_xyz", "npy"])
 def test_every_seed_file_is_accepted_unmodified(client, seed: bytes) -> None:
     """The mutation seeds must be valid uploads, or the fuzzing above would only test rejection."""
-    response = client.post("/detect", data={"domain": "mvtec/bottle", "heatmap": "none"},
-                           files={"rgb": ("upload", seed, "application/octet-stream")})
+    response = client.post(
+        "/detect",
+        data={"domain": RGB_DOMAIN, "heatmap": "none"},
+        files={"rgb": ("upload", seed, "application/octet-stream")},
+    )
     assert response.status_code == 200, response.text
