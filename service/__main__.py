@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, help="bundle folder (UNIMMAD_BUNDLE)")
     parser.add_argument("--host", help="interface to bind (UNIMMAD_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (UNIMMAD_PORT, default 8000)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="UNIMMAD_LOG_LEVEL")
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="UNIMMAD_LOG_LEVEL"
+    )
     parser.add_argument("--log-format", choices=["json", "text"], help="UNIMMAD_LOG_FORMAT")
     return parser.parse_args(argv)
 

@@ -30,13 +30,15 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 
 def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> Runtime:
     manifest = engine.bundle.manifest
-    metrics.model_info.info({
-        "model_version": manifest.model_version,
-        "preset": manifest.preset,
-        "format_version": str(manifest.format_version),
-        "graph": engine.graph_kind,
-        "provider": engine.provider,
-    })
+    metrics.model_info.info(
+        {
+            "model_version": manifest.model_version,
+            "preset": manifest.preset,
+            "format_version": str(manifest.format_version),
+            "graph": engine.graph_kind,
+            "provider": engine.provider,
+        }
+    )
     batcher = Batcher(
         engine,
         {name: spec.index for name, spec in manifest.domains.items()},
@@ -65,10 +67,14 @@ def _enriched_openapi(app: FastAPI, base: dict[str, Any]) -> dict[str, Any]:
     form["properties"]["domain"]["enum"] = sorted(domains)
     for name, spec in domains.items():
         for modality in spec.modalities:
-            form["properties"].setdefault(modality.name, {
-                "type": "string", "format": "binary",
-                "description": f"{modality.kind} modality, needed by: ",
-            })["description"] += f"{name} "
+            form["properties"].setdefault(
+                modality.name,
+                {
+                    "type": "string",
+                    "format": "binary",
+                    "description": f"{modality.kind} modality, needed by: ",
+                },
+            )["description"] += f"{name} "
     for prop in form["properties"].values():
         prop["description"] = prop.get("description", "").strip()
     form["additionalProperties"] = False
@@ -105,7 +111,9 @@ def create_app(settings: Settings, *, engine: InferenceEngine | None = None) -> 
     install_error_handlers(app)
     app.include_router(build_router())
     # The last added runs first: metrics see every answer, the in-flight limit runs before any body is read.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * MAX_MODALITIES + FORM_OVERHEAD_BYTES)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * MAX_MODALITIES + FORM_OVERHEAD_BYTES
+    )
     app.add_middleware(
         InFlightLimitMiddleware, path=DETECT_PATH, limit=settings.detect_in_flight_limit, metrics=metrics
     )

@@ -95,7 +95,9 @@ class Batcher:
             raise ServiceError(503, "shutting_down", "the service is shutting down", {"Retry-After": "5"})
         if self._depth >= self._queue_size:
             raise ServiceError(
-                503, "queue_full", f"{self._depth} requests are already waiting; retry shortly",
+                503,
+                "queue_full",
+                f"{self._depth} requests are already waiting; retry shortly",
                 {"Retry-After": "1"},
             )
         future: asyncio.Future[SampleResult] = asyncio.get_running_loop().create_future()
@@ -124,7 +126,9 @@ class Batcher:
             if is_disconnected is not None and await is_disconnected():
                 raise ServiceError(499, "client_disconnected", "the client closed the connection")
 
-    async def _next_live(self, queue: asyncio.Queue[_Pending | None], timeout_s: float | None) -> _Pending | None:
+    async def _next_live(
+        self, queue: asyncio.Queue[_Pending | None], timeout_s: float | None
+    ) -> _Pending | None:
         """The next request whose client still waits; ``None`` at the stop sentinel; TimeoutError if none came."""
         while True:
             item = await (asyncio.wait_for(queue.get(), timeout_s) if timeout_s is not None else queue.get())

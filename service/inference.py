@@ -87,7 +87,9 @@ class InferenceEngine:
         return BatchOutputs(*self.session.run(list(OUTPUT_NAMES), feeds))
 
     async def run_async(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, images, domain_index)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.run, images, domain_index
+        )
 
     def close(self) -> None:
         """Wait for the running batch, then release the worker thread."""

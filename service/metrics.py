@@ -18,12 +18,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.request_duration = Histogram(
-            "unimmad_request_duration_seconds", "HTTP request latency", ("route", "domain", "status"),
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "unimmad_request_duration_seconds",
+            "HTTP request latency",
+            ("route", "domain", "status"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.stage_duration = Histogram(
-            "unimmad_inference_duration_seconds", "time spent per stage of /detect", ("stage",),
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "unimmad_inference_duration_seconds",
+            "time spent per stage of /detect",
+            ("stage",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "unimmad_batch_size", "samples per ORT run", buckets=BATCH_BUCKETS, registry=self.registry
@@ -32,7 +38,8 @@ class Metrics:
             "unimmad_queue_depth", "requests admitted and waiting for a batch", registry=self.registry
         )
         self.in_flight = Gauge(
-            "unimmad_in_flight_requests", "POST /detect requests admitted and not yet answered",
+            "unimmad_in_flight_requests",
+            "POST /detect requests admitted and not yet answered",
             registry=self.registry,
         )
         self.requests = Counter(

@@ -67,7 +67,9 @@ class InFlightLimitMiddleware:
     wait behind it; counted at the door, a refusal costs nothing and admitted latency stays bounded.
     """
 
-    def __init__(self, app: ASGIApp, *, path: str, limit: int, metrics: Metrics, retry_after_s: int = 1) -> None:
+    def __init__(
+        self, app: ASGIApp, *, path: str, limit: int, metrics: Metrics, retry_after_s: int = 1
+    ) -> None:
         self.app = app
         self.path = path
         self.limit = limit
@@ -91,7 +93,9 @@ class InFlightLimitMiddleware:
             # No "Connection: close": the server discards the unread body and keeps the connection, whereas
             # closing on unread bytes resets it and the client loses the answer.
             overloaded = error_response(
-                503, "overloaded", f"{self.in_flight} requests are already being handled; retry shortly",
+                503,
+                "overloaded",
+                f"{self.in_flight} requests are already being handled; retry shortly",
                 {"Retry-After": str(self.retry_after_s)},
             )
             await overloaded(scope, receive, send)

@@ -45,12 +45,22 @@ async def detect(
 
     mark = time.perf_counter()
     heatmaps = await asyncio.to_thread(
-        render_heatmaps, result.anomaly_map, result.modality_maps, spec, heatmap_mode,
-        sample=sample, normalization=manifest.normalization,
+        render_heatmaps,
+        result.anomaly_map,
+        result.modality_maps,
+        spec,
+        heatmap_mode,
+        sample=sample,
+        normalization=manifest.normalization,
     )
     postprocess_s = time.perf_counter() - mark
-    for name, seconds in (("decode", decode_s), ("preprocess", preprocess_s), ("queue", result.queue_s),
-                          ("infer", result.infer_s), ("postprocess", postprocess_s)):
+    for name, seconds in (
+        ("decode", decode_s),
+        ("preprocess", preprocess_s),
+        ("queue", result.queue_s),
+        ("infer", result.infer_s),
+        ("postprocess", postprocess_s),
+    ):
         stage.labels(stage=name).observe(seconds)
 
     anomalous = is_anomalous(result.image_score, spec.threshold)

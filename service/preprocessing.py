@@ -42,13 +42,16 @@ def parse_controls(form: FormData, manifest: Manifest) -> tuple[str, DomainSpec,
     return domain, manifest.domains[domain], heatmap
 
 
-async def read_modality_files(form: FormData, domain: str, spec: DomainSpec, max_bytes: int) -> dict[str, bytes]:
+async def read_modality_files(
+    form: FormData, domain: str, spec: DomainSpec, max_bytes: int
+) -> dict[str, bytes]:
     """Exactly one non-empty file per modality of the domain, each at most ``max_bytes``."""
     expected = [m.name for m in spec.modalities]
     extra = sorted(set(form.keys()) - set(expected) - set(CONTROL_FIELDS))
     if extra:
         raise ServiceError(
-            422, "unexpected_modality",
+            422,
+            "unexpected_modality",
             f"domain {domain!r} takes {', '.join(expected)}; unexpected field(s): {', '.join(extra)}",
         )
     missing = [name for name in expected if name not in form]

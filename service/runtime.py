@@ -46,4 +46,6 @@ class Runtime:
         for index, batch, count in shapes:
             await self.engine.run_async(np.zeros((batch, count, 3, size, size), dtype=np.float32), index)
         self.ready.set()
-        log.info("warm-up done", extra={"shapes": len(shapes), "seconds": round(time.perf_counter() - started, 3)})
+        log.info(
+            "warm-up done", extra={"shapes": len(shapes), "seconds": round(time.perf_counter() - started, 3)}
+        )

@@ -52,8 +52,13 @@ class DetectResponse(BaseModel):
                     "heatmaps": {"fused": _PNG, "modalities": {"rgb": _PNG, "depth": _PNG}},
                     "model_version": "lite-2025-01-01",
                     "timings": {
-                        "decode_ms": 3.1, "preprocess_ms": 2.4, "queue_ms": 1.9, "infer_ms": 41.0,
-                        "postprocess_ms": 4.2, "total_ms": 53.0, "batch_size": 2,
+                        "decode_ms": 3.1,
+                        "preprocess_ms": 2.4,
+                        "queue_ms": 1.9,
+                        "infer_ms": 41.0,
+                        "postprocess_ms": 4.2,
+                        "total_ms": 53.0,
+                        "batch_size": 2,
                     },
                 }
             ]

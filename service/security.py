@@ -25,6 +25,8 @@ async def require_api_key(request: Request) -> None:
     key = presented_key(request)
     if key is None or not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
         raise ServiceError(
-            401, "unauthorized", "a valid API key is required (Authorization: Bearer or X-API-Key)",
+            401,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer or X-API-Key)",
             {"WWW-Authenticate": "Bearer"},
         )

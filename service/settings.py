@@ -17,7 +17,8 @@ class Settings(BaseSettings):
 
     bundle: Path = Field(description="bundle folder written by `python -m export bundle`")
     graph: Literal["frozen", "dynamic"] = Field(
-        default="frozen", description="which graph of the bundle to serve; `dynamic` is the per-sample reference"
+        default="frozen",
+        description="which graph of the bundle to serve; `dynamic` is the per-sample reference",
     )
     providers: list[str] = Field(
         default=[CUDA_PROVIDER, CPU_PROVIDER], description="ORT providers in order of preference"
@@ -28,14 +29,17 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     queue_size: int = Field(default=64, ge=1, description="requests admitted but not yet running")
     max_in_flight: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="POST /detect requests handled at once, counted before the body is read; more get 503. "
         "Default: queue_size + max_batch_size",
     )
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(default=40_000_000, ge=1, description="per decoded image")
-    api_key: SecretStr | None = Field(default=None, description="when set, required on every route but health")
+    api_key: SecretStr | None = Field(
+        default=None, description="when set, required on every route but health"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
     host: str = "127.0.0.1"
