@@ -42,13 +42,20 @@ def main() -> int:
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
     sources = parse_data_spec("synthetic", synthetic=SyntheticConfig(size=config.image_size))
     dataset = MultiDomainDataset(sources, "train", config.image_size, mean=config.mean, std=config.std)
-    # Every synthetic domain in turn, so the batches hold 1 to 4 modalities like the unified run.
-    order = [index for offset in range(args.batch_size) for index in range(offset, len(dataset), 60)]
+    # Domains round-robin, so the batches hold 1 to 4 modalities like the unified run.
+    by_domain: dict[str, list[int]] = {}
+    for index, item in enumerate(dataset.items):
+        by_domain.setdefault(item.ref.domain, []).append(index)
+    order = [index for group in zip(*by_domain.values()) for index in group]
+    needed = (args.steps + 1) * args.batch_size
+    if len(order) < needed:
+        parser.error(
+            f"--steps {args.steps} x --batch-size {args.batch_size} needs {needed} samples, have {len(order)}"
+        )
     batches = [
-        collate([dataset[i] for i in order[k : k + args.batch_size]])
-        for k in range(0, (args.steps + 1) * args.batch_size, args.batch_size)
+        collate([dataset[i] for i in order[start : start + args.batch_size]])
+        for start in range(0, needed, args.batch_size)
     ]
-    batches = [batch for batch in batches if len(batch["ids"]) == args.batch_size][: args.steps + 1]
     cache = PriorCache(model)
 
     def step(batch: dict, cached: bool) -> float:

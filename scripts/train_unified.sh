@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Produces the results in docs/RESULTS.md: one unified lite UniMMAD trained on CPU on the synthetic set,
-# magnetic_tile, mvtec3d_ad/tire and mulsen_ad_derived button_cell + capsule, then evaluated.
+# Produces docs/RESULTS.md (training-results section): one unified lite UniMMAD trained on CPU on the synthetic set,
+# magnetic_tile, mvtec3d_ad/tire and mulsen_ad_derived button_cell + capsule, evaluated, the prior cache
+# benchmarked, and the section rendered from those files.
 #
 #   scripts/train_unified.sh [RUN_DIR]          (default runs/unified_lite; logs in RUN_DIR/*.log)
 #
@@ -23,3 +24,6 @@ resume=()
 
 "$PYTHON" -m model evaluate --checkpoint "$RUN_DIR" --out "$RUN_DIR/evaluation" --batch-size 8 --heatmaps 3 \
   2>&1 | tee -a "$RUN_DIR/evaluate.log"
+
+"$PYTHON" scripts/bench_prior_cache.py --steps 5 > "$RUN_DIR/bench_prior_cache.json"
+"$PYTHON" scripts/write_results.py "$RUN_DIR" --bench "$RUN_DIR/bench_prior_cache.json" --out docs/RESULTS.md

@@ -1,4 +1,4 @@
-"""Render docs/RESULTS.md from a finished unified run: every number is read from the run's files.
+"""Render the training-results section of docs/RESULTS.md from a finished unified run: every number is read from the run's files.
 
     .venv/bin/python scripts/write_results.py runs/unified_lite [--bench BENCH.json] [--out docs/RESULTS.md]
 
@@ -23,6 +23,9 @@ PAPER = {
     "mulsen_derived/button_cell": ((75.2, 99.7, 98.3), "Tables 19/20, infrared only"),
     "mulsen_derived/capsule": ((94.2, 98.9, 95.4), "Tables 19/20, infrared only"),
 }
+# The generated section sits between these markers, so other sections of RESULTS.md survive a rerun.
+START_MARK = "<!-- training-results:start (scripts/write_results.py) -->"
+END_MARK = "<!-- training-results:end -->"
 HEADLINE = ("image_auroc", "pixel_auroc", "pixel_aupro")
 ALL_METRICS = (
     "image_auroc",
@@ -238,7 +241,14 @@ def main() -> int:
     except (OSError, json.JSONDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    args.out.write_text(render(args.run, metrics, config, state, bench))
+    section = f"{START_MARK}\n{render(args.run, metrics, config, state, bench)}{END_MARK}\n"
+    existing = args.out.read_text() if args.out.is_file() else ""
+    if START_MARK in existing and END_MARK in existing:  # other sections of the file stay as they are
+        before, rest = existing.split(START_MARK, 1)
+        section = before + section + rest.split(END_MARK, 1)[1].lstrip("\n")
+    elif existing:
+        section = existing.rstrip("\n") + "\n\n" + section
+    args.out.write_text(section)
     return 0
 
 
