@@ -214,7 +214,7 @@ def render(
         "## Commands",
         "",
         "```",
-        "scripts/train_unified.sh runs/unified_lite      # train (budget) + evaluate",
+        "scripts/train_unified.sh runs/unified_lite      # train (budget), evaluate, benchmark, write this section",
         ".venv/bin/python scripts/bench_prior_cache.py --steps 5 > runs/unified_lite/bench_prior_cache.json",
         f".venv/bin/python scripts/write_results.py {run} --bench runs/unified_lite/bench_prior_cache.json",
         "```",
