@@ -13,13 +13,13 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import live_service  # scripts/ is on sys.path when this file runs as a script
 import numpy as np
 from PIL import Image
 
@@ -38,26 +38,6 @@ def run_stage(title: str, command: list[str], stdout_path: Path | None = None) -
     if result.returncode != 0:
         sys.exit(f"demo: stage '{title}' failed with exit code {result.returncode}")
     print(f"--- {title}: done in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_ready(base_url: str, service: subprocess.Popen) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if service.poll() is not None:
-            sys.exit(f"demo: the service exited with code {service.returncode} before it was ready")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"demo: the service was not ready after {READY_TIMEOUT_S} s")
 
 
 def encode_upload(array: np.ndarray) -> tuple[str, bytes, str]:
@@ -111,25 +91,20 @@ def save_heatmaps(result: dict, sample, out_dir: Path) -> None:
 
 
 def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> list[dict]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    print(f"\n=== serve: {args.serve_python} -m service --bundle {bundle} --port {port}", flush=True)
-    log = open(out_dir / "service.log", "w")
-    service = subprocess.Popen(
-        [args.serve_python, "-m", "service", "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    """Start the torch-free service on the bundle, send every demo sample, stop it; one summary row each."""
+    print(f"\n=== serve: {args.serve_python} -m service --bundle {bundle}", flush=True)
+    heatmap_dir = out_dir / "heatmaps"
+    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    source = parse_data_spec("synthetic")[0]
     rows = []
-    try:
-        wait_ready(base_url, service)
-        source = parse_data_spec("synthetic")[0]
-        heatmap_dir = out_dir / "heatmaps"
-        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "service.log"
+    with live_service.running(
+        bundle, log_path, ready_timeout_s=READY_TIMEOUT_S, python=args.serve_python
+    ) as service:
+        print(f"--- service ready at {service.url} (log: {log_path})", flush=True)
         with httpx.Client() as client:
             for sample in pick_demo_samples(source):
-                result, latency_ms = detect(client, base_url, sample)
+                result, latency_ms = detect(client, service.url, sample)
                 save_heatmaps(result, sample, heatmap_dir)
                 rows.append(
                     {
@@ -142,18 +117,13 @@ def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> li
                         "latency_ms": latency_ms,
                     }
                 )
-    finally:
-        service.terminate()
-        try:
-            service.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            service.kill()
-        log.close()
     return rows
 
 
 def print_summary(rows: list[dict]) -> None:
-    header = f"{'sample':32} {'modalities':24} {'truth':22} {'score':>8} {'thresh':>8} {'decision':9} {'ms':>7}"
+    header = (
+        f"{'sample':32} {'modalities':24} {'truth':22} {'score':>8} {'thresh':>8} {'decision':9} {'ms':>7}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for row in rows:
         print(
@@ -165,12 +135,19 @@ def print_summary(rows: list[dict]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", default="runs/demo", help="training run directory (default: runs/demo)")
     parser.add_argument("--bundle", default="bundles/demo", help="bundle directory (default: bundles/demo)")
     parser.add_argument("--out", default="demo_out", help="where heatmaps and reports go (default: demo_out)")
-    parser.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget (default: 4)")
-    parser.add_argument("--serve-python", default=sys.executable, help="python of the torch-free serving venv")
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="training epochs (default: 10, about 4 min on 2 cores)"
+    )
+    parser.add_argument("--minutes", type=float, default=6.0, help="training wall-clock cap (default: 6)")
+    parser.add_argument(
+        "--serve-python", default=sys.executable, help="python of the torch-free serving venv"
+    )
     args = parser.parse_args()
 
     python = sys.executable
@@ -182,22 +159,68 @@ def main() -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_stage(
         "train (lite preset, synthetic data)",
-        [python, "-m", "model", "train", "--preset", "lite", "--data", "synthetic", "--out", str(run_dir),
-         "--max-minutes", str(args.minutes)],
+        [
+            python,
+            "-m",
+            "model",
+            "train",
+            "--preset",
+            "lite",
+            "--data",
+            "synthetic",
+            "--out",
+            str(run_dir),
+            "--epochs",
+            str(args.epochs),
+            "--max-minutes",
+            str(args.minutes),
+        ],
     )
     run_stage(
         "evaluate",
-        [python, "-m", "model", "evaluate", "--checkpoint", str(run_dir), "--data", "synthetic",
-         "--out", str(out_dir / "evaluation")],
+        [
+            python,
+            "-m",
+            "model",
+            "evaluate",
+            "--checkpoint",
+            str(run_dir),
+            "--data",
+            "synthetic",
+            "--out",
+            str(out_dir / "evaluation"),
+        ],
     )
     shutil.rmtree(bundle, ignore_errors=True)
     run_stage(
         "export (frozen routing per domain)",
-        [python, "-m", "export", "bundle", "--checkpoint", str(run_dir), "--out", str(bundle), "--data", "synthetic"],
+        [
+            python,
+            "-m",
+            "export",
+            "bundle",
+            "--checkpoint",
+            str(run_dir),
+            "--out",
+            str(bundle),
+            "--data",
+            "synthetic",
+        ],
     )
     run_stage(
         "verify (parity and frozen-vs-per-sample accuracy)",
-        [python, "-m", "export", "verify", str(bundle), "--checkpoint", str(run_dir), "--data", "synthetic", "--json"],
+        [
+            python,
+            "-m",
+            "export",
+            "verify",
+            str(bundle),
+            "--checkpoint",
+            str(run_dir),
+            "--data",
+            "synthetic",
+            "--json",
+        ],
         stdout_path=out_dir / "verify.json",
     )
     rows = serve_and_query(args, bundle, out_dir)
@@ -208,7 +231,9 @@ def main() -> int:
     last.symlink_to(bundle.resolve())
     print_summary(rows)
     print(f"\nheatmaps: {out_dir / 'heatmaps'}  verify report: {out_dir / 'verify.json'}")
-    print(f"demo finished in {(time.perf_counter() - demo_started) / 60:.1f} min; `make serve` serves {bundle}")
+    print(
+        f"demo finished in {(time.perf_counter() - demo_started) / 60:.1f} min; `make serve` serves {bundle}"
+    )
     return 0
 
 

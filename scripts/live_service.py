@@ -106,10 +106,14 @@ def stop(service: LiveService, timeout_s: float = 15.0) -> int:
 
 @contextmanager
 def running(
-    bundle: Path, log_path: Path, env: dict[str, str] | None = None, ready_timeout_s: float = 60.0
+    bundle: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 60.0,
+    python: str = sys.executable,
 ) -> Iterator[LiveService]:
     """A ready service for the duration of the block."""
-    service = start(bundle, log_path, env)
+    service = start(bundle, log_path, env, python)
     try:
         wait_ready(service, ready_timeout_s)
         yield service
