@@ -175,20 +175,48 @@ class RoutingSummary(_Strict):
     leaders: list[RoutingLeaders] = Field(default_factory=list)
 
 
+def _check_increasing(bounds: tuple[float, float]) -> tuple[float, float]:
+    if not bounds[0] < bounds[1]:
+        raise ValueError(f"colour range needs low < high, got {list(bounds)}")
+    return bounds
+
+
+ColourRange = Annotated[
+    tuple[FiniteFloat, FiniteFloat],
+    AfterValidator(_check_increasing),
+    Field(description="[low, high]: map values shown at the bottom and the top of the colour ramp"),
+]
+
+
+class HeatmapRanges(_Strict):
+    """Colour ranges chosen from normal images' maps; modality maps have their own scale."""
+
+    fused: ColourRange
+    modalities: dict[str, ColourRange]
+
+
 class DomainSpec(_Strict):
     index: int = Field(ge=0, description="value of the frozen graph's `domain` input")
     modalities: list[ModalityEntry] = Field(min_length=1, max_length=MAX_MODALITIES)
     threshold: FiniteFloat = Field(description="image_score above this is anomalous")
     threshold_method: ThresholdMethod
+    heatmap_range: HeatmapRanges | None = Field(
+        default=None, description="absent in older bundles: heatmaps then span 0 .. 2 x threshold"
+    )
     loss_weight: float | None = Field(default=None, ge=0)
     routing: RoutingSummary = Field(default_factory=RoutingSummary)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> DomainSpec:
+    def _consistent_modalities(self) -> DomainSpec:
         names = [m.name for m in self.modalities]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"modality names repeated: {', '.join(duplicated)}")
+        if self.heatmap_range is not None and set(self.heatmap_range.modalities) != set(names):
+            ranged = ", ".join(sorted(self.heatmap_range.modalities))
+            raise ValueError(
+                f"heatmap_range.modalities has [{ranged}], the modalities are [{', '.join(names)}]"
+            )
         return self
 
     @property
@@ -243,6 +271,7 @@ __all__ = [
     "ExternalData",
     "GraphSpec",
     "Graphs",
+    "HeatmapRanges",
     "ImageScore",
     "Manifest",
     "ModalityEntry",

@@ -4,7 +4,7 @@
                      calibration refs --per-sample gates--> frozen routing (export.calibration)
     frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --> model.onnx (+ data)   (export.frozen)
     per-sample routing ----------------------------------------> model_dynamic.onnx (+ data)
-    held-out normals --model.onnx image scores--> threshold per domain        (export.threshold)
+    held-out normals --model.onnx scores, maps--> threshold, heatmap colour ranges   (export.threshold)
     manifest.json (validated by bundle.manifest) + calibration.json
 """
 
@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,15 @@ from export.fold import kernel_banks
 from export.frozen import DynamicUniMMAD, FrozenUniMMAD
 from export.onnx_graph import OPSET, check_graph, export_graph, graph_spec
 from export.precision import convert_to_fp16
-from export.routing import branch_name
 from export.samples import DomainData, batches
-from export.threshold import DEFAULT_TARGET_FPR, Threshold, choose_threshold
+from export.threshold import (
+    DEFAULT_TARGET_FPR,
+    NormalOutputs,
+    Threshold,
+    choose_normals,
+    choose_threshold,
+    heatmap_ranges,
+)
 from model.data.holdout import split_holdout
 from model.unimmad import UniMMAD
 
@@ -80,14 +87,20 @@ def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]
     return split_holdout(refs, options.holdout_fraction, options.holdout_seed)
 
 
-def frozen_scores(session: ort.InferenceSession, data: DomainData, refs: Sequence, index: int, model: UniMMAD,
-                  batch_size: int) -> np.ndarray:
-    """Image scores of `refs` from the frozen ONNX graph (what the service thresholds): float [n]."""
-    scores = [
-        session.run(["image_score"], {"images": batch.images.numpy(), "domain": np.array([index])})[0]
+def frozen_outputs(
+    session: ort.InferenceSession, data: DomainData, refs: Sequence, index: int, model: UniMMAD, batch_size: int
+) -> NormalOutputs:
+    """Scores and maps of `refs` from the frozen ONNX graph, the one the service runs."""
+    names = ["image_score", "modality_scores", "anomaly_map", "modality_maps"]
+    runs = [
+        session.run(names, {"images": batch.images.numpy(), "domain": np.array([index])})
         for batch in batches(data, refs, model.config, batch_size)
     ]
-    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+    if not runs:  # nothing held out: empty outputs, so the caller falls back to the training normals
+        size, slots = model.config.image_size, len(data.domain.modalities)
+        shapes = ((0,), (0, slots), (0, size, size), (0, slots, size, size))
+        return NormalOutputs(*(np.zeros(shape, dtype=np.float32) for shape in shapes))
+    return NormalOutputs(*(np.concatenate([run[i] for run in runs]) for i in range(len(names))))
 
 
 def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, options: BundleOptions) -> Manifest:
@@ -122,16 +135,14 @@ def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, optio
     check_graph(out / DYNAMIC_FILE)
 
     thresholds: list[Threshold] = []
+    ranges: list[dict] = []
     for index, (data, (train, holdout)) in enumerate(tqdm(list(zip(domains, splits)), desc="thresholds", unit="domain")):
-        thresholds.append(
-            choose_threshold(
-                frozen_scores(session, data, holdout, index, model, options.batch_size),
-                lambda: frozen_scores(session, data, train, index, model, options.batch_size),
-                options.target_fpr,
-                split_name,
-            )
-        )
-    manifest = make_manifest(model, domains, calibrations, thresholds, out, options)
+        outputs = partial(frozen_outputs, session, data, index=index, model=model, batch_size=options.batch_size)
+        normals, split = choose_normals(outputs(holdout), partial(outputs, train), split_name)
+        thresholds.append(choose_threshold(normals, options.target_fpr, split))
+        names = [spec.name for spec in data.domain.modalities]
+        ranges.append(heatmap_ranges(normals, names, options.target_fpr))
+    manifest = make_manifest(model, domains, calibrations, thresholds, ranges, out, options)
     (out / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     calibration_report = {
         data.name: calibration.summary(config.kernel_sizes) for data, calibration in zip(domains, calibrations)
@@ -146,13 +157,16 @@ def make_manifest(
     domains: Sequence[DomainData],
     calibrations: Sequence[Calibration],
     thresholds: Sequence[Threshold],
+    ranges: Sequence[dict],
     out: Path,
     options: BundleOptions,
 ) -> Manifest:
     """The manifest, validated through bundle.manifest (so the service reads exactly what is written)."""
     config = model.config
     domain_entries = {}
-    for index, (data, calibration, threshold) in enumerate(zip(domains, calibrations, thresholds)):
+    for index, (data, calibration, threshold, heatmap_range) in enumerate(
+        zip(domains, calibrations, thresholds, ranges)
+    ):
         summary = calibration.summary(config.kernel_sizes)
         domain_entries[data.name] = {
             "index": index,
@@ -164,6 +178,7 @@ def make_manifest(
                 "n_images": threshold.n_images,
                 "split": threshold.split,
             },
+            "heatmap_range": heatmap_range,
             "loss_weight": data.domain.loss_weight,
             "routing": {
                 "agreement": calibration.agreement,

@@ -1,14 +1,22 @@
-"""Per-domain decision threshold from the image scores of normal images nobody trained on.
+"""Per-domain decision threshold and heatmap colour ranges from normal images nobody trained on.
 
 Method "normal_quantile": the threshold is the (1 - target_fpr) quantile of the held-out normal images'
 frozen-graph image scores (numpy's "higher" method, so at most target_fpr of them score above it). With
 fewer than MIN_HOLDOUT_IMAGES held-out normals the estimate is meaningless; the training normals are used
 instead and the manifest's `split` says so.
+
+Heatmap colour ranges come from the same normal images. Anomaly maps of this model sit on a large
+per-domain baseline, so a ramp anchored at 0 paints every pixel the same mid colour. Per map (fused and
+each modality, whose scales differ) the range is:
+    low  = median pixel of the normal maps            -> half of all normal pixels get the darkest colour
+    high = low + 2 * (level - low), level = the (1 - target_fpr) quantile of that map's normal image scores
+so the level that flags an image (for the fused map: the threshold) sits mid-ramp, the hottest spots of
+normal images stay below it and defects reach the top of the ramp.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +24,8 @@ import numpy as np
 METHOD = "normal_quantile"
 DEFAULT_TARGET_FPR = 0.05
 MIN_HOLDOUT_IMAGES = 5
+# Smallest colour span relative to the baseline, for maps that are (nearly) constant on normal images.
+MIN_RELATIVE_SPAN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,20 @@ class Threshold:
     split: str
 
 
+@dataclass(frozen=True)
+class NormalOutputs:
+    """Frozen-graph outputs of a set of normal images (n of them, M modalities, side S)."""
+
+    image_scores: np.ndarray  # [n]
+    modality_scores: np.ndarray  # [n, M]
+    fused_maps: np.ndarray  # [n, S, S]
+    modality_maps: np.ndarray  # [n, M, S, S]
+
+    @property
+    def count(self) -> int:
+        return int(self.image_scores.size)
+
+
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
     """The (1 - target_fpr) quantile of normal image scores [n] (n >= 1)."""
     if not 0 <= target_fpr < 1:
@@ -36,13 +60,36 @@ def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
     return float(np.quantile(normal_scores, 1 - target_fpr, method="higher"))
 
 
-def choose_threshold(
-    holdout_scores: np.ndarray, train_scores: Callable[[], np.ndarray], target_fpr: float, holdout_split: str
-) -> Threshold:
-    """Threshold from held-out normals, or from `train_scores()` (called only then) when too few are held out."""
-    if holdout_scores.size >= MIN_HOLDOUT_IMAGES:
-        scores, split = holdout_scores, holdout_split
-    else:
-        scores = train_scores()
-        split = f"train (fallback: only {holdout_scores.size} held-out normals, {MIN_HOLDOUT_IMAGES} needed)"
-    return Threshold(quantile_threshold(scores, target_fpr), METHOD, target_fpr, int(scores.size), split)
+def choose_normals(
+    holdout: NormalOutputs, train: Callable[[], NormalOutputs], holdout_split: str
+) -> tuple[NormalOutputs, str]:
+    """The held-out normals and their split name, or `train()` (called only then) when too few are held out."""
+    if holdout.count >= MIN_HOLDOUT_IMAGES:
+        return holdout, holdout_split
+    return train(), f"train (fallback: only {holdout.count} held-out normals, {MIN_HOLDOUT_IMAGES} needed)"
+
+
+def choose_threshold(normals: NormalOutputs, target_fpr: float, split: str) -> Threshold:
+    value = quantile_threshold(normals.image_scores, target_fpr)
+    return Threshold(value, METHOD, target_fpr, normals.count, split)
+
+
+def colour_range(
+    normal_maps: np.ndarray, normal_scores: np.ndarray, target_fpr: float
+) -> tuple[float, float]:
+    """(low, high), low < high, of one kind of map from its normal maps [n, S, S] and image scores [n]."""
+    low = float(np.median(normal_maps))
+    level = quantile_threshold(normal_scores, target_fpr)
+    span = max(2.0 * (level - low), MIN_RELATIVE_SPAN * max(abs(low), 1.0))
+    return low, low + span
+
+
+def heatmap_ranges(normals: NormalOutputs, modality_names: Sequence[str], target_fpr: float) -> dict:
+    """``{"fused": (low, high), "modalities": {name: (low, high)}}`` in the manifest's form."""
+    return {
+        "fused": colour_range(normals.fused_maps, normals.image_scores, target_fpr),
+        "modalities": {
+            name: colour_range(normals.modality_maps[:, slot], normals.modality_scores[:, slot], target_fpr)
+            for slot, name in enumerate(modality_names)
+        },
+    }

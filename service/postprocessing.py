@@ -22,7 +22,7 @@ def is_anomalous(image_score: float, threshold: float) -> bool:
 
 
 def heat_scale(threshold: float, anomaly_map: np.ndarray) -> float:
-    """Map value shown at full red: twice the threshold, so the threshold sits mid-ramp.
+    """Old bundles' top of the ramp (they record no colour range): twice the threshold, so it sits mid-ramp.
 
     A non-positive threshold carries no scale; the map's own maximum is used instead.
     """
@@ -32,9 +32,19 @@ def heat_scale(threshold: float, anomaly_map: np.ndarray) -> float:
     return peak if peak > 0 else 1.0
 
 
-def colourise(values: np.ndarray, scale: float) -> np.ndarray:
-    """``[H, W]`` map -> ``uint8 [H, W, 3]`` colours, with ``scale`` mapped to the top of the ramp."""
-    unit = np.clip(np.nan_to_num(values / scale, nan=0.0), 0.0, 1.0)
+def colour_ranges(
+    spec: DomainSpec, anomaly_map: np.ndarray
+) -> tuple[tuple[float, float], dict[str, tuple[float, float]]]:
+    """(fused range, {modality: range}): the manifest's normal-image ranges, else 0 .. heat_scale for every map."""
+    if spec.heatmap_range is not None:
+        return spec.heatmap_range.fused, dict(spec.heatmap_range.modalities)
+    legacy = (0.0, heat_scale(spec.threshold, anomaly_map))
+    return legacy, {m.name: legacy for m in spec.modalities}
+
+
+def colourise(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``[H, W]`` map -> ``uint8 [H, W, 3]`` colours: ``low`` and below darkest, ``high`` and above brightest."""
+    unit = np.clip(np.nan_to_num((values - low) / (high - low), nan=0.0), 0.0, 1.0)
     channels = [np.interp(unit, _RAMP_POSITIONS, _RAMP_COLOURS[:, c]) for c in range(3)]
     return np.stack(channels, axis=-1).round().astype(np.uint8)
 
@@ -76,18 +86,20 @@ def render_heatmaps(
     """
     if mode == "none":
         return None
-    scale = heat_scale(spec.threshold, anomaly_map)
+    fused_range, modality_ranges = colour_ranges(spec, anomaly_map)
     background = None
     if mode == "overlay":
         background = display_image(sample[overlay_base(spec)], normalization).astype(np.float64)
 
-    def encode(values: np.ndarray) -> str:
-        colours = colourise(values, scale)
+    def encode(values: np.ndarray, bounds: tuple[float, float]) -> str:
+        colours = colourise(values, *bounds)
         if background is not None:
             colours = (OVERLAY_ALPHA * colours + (1 - OVERLAY_ALPHA) * background).round().astype(np.uint8)
         return png_base64(colours)
 
     return {
-        "fused": encode(anomaly_map),
-        "modalities": {m.name: encode(modality_maps[i]) for i, m in enumerate(spec.modalities)},
+        "fused": encode(anomaly_map, fused_range),
+        "modalities": {
+            m.name: encode(modality_maps[i], modality_ranges[m.name]) for i, m in enumerate(spec.modalities)
+        },
     }

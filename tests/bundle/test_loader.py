@@ -70,6 +70,11 @@ def test_unknown_format_version(bundle_dir: Path) -> None:
         (lambda m: m["graphs"]["frozen"].update(file="../model.onnx"), "relative path"),
         (lambda m: m["domains"][RGB_DOMAIN].update(threshold="NaN"), "finite"),
         (lambda m: m["domains"][RGB_DEPTH_DOMAIN]["modalities"][1].pop("depth_scale"), "needs depth_scale"),
+        (lambda m: m["domains"][RGB_DOMAIN]["heatmap_range"].update(fused=[2.0, 1.0]), "low < high"),
+        (
+            lambda m: m["domains"][RGB_DEPTH_DOMAIN]["heatmap_range"]["modalities"].pop("depth"),
+            "heatmap_range",
+        ),
     ],
 )
 def test_schema_violations(bundle_dir: Path, edit, where: str) -> None:
@@ -77,6 +82,12 @@ def test_schema_violations(bundle_dir: Path, edit, where: str) -> None:
     message = _error(bundle_dir)
     assert "does not match the manifest schema" in message
     assert where in message
+
+
+def test_bundle_without_heatmap_ranges_still_loads(bundle_dir: Path) -> None:
+    """Bundles exported before colour ranges were recorded keep working (the service falls back)."""
+    rewrite_manifest(bundle_dir, lambda m: [domain.pop("heatmap_range") for domain in m["domains"].values()])
+    assert all(d.heatmap_range is None for d in load_bundle(bundle_dir).manifest.domains.values())
 
 
 def test_missing_graph_file(bundle_dir: Path) -> None:

@@ -13,7 +13,14 @@ import pytest
 
 from bundle.loader import BundleError, load_bundle
 from export.calibration import calibrate
-from export.threshold import MIN_HOLDOUT_IMAGES, choose_threshold, quantile_threshold
+from export.threshold import (
+    MIN_HOLDOUT_IMAGES,
+    NormalOutputs,
+    choose_normals,
+    choose_threshold,
+    colour_range,
+    quantile_threshold,
+)
 
 SCHEMA = Path(__file__).parents[2] / "bundle" / "manifest.schema.json"
 
@@ -50,12 +57,44 @@ def test_calibration_json_reports_agreement_per_gate(tiny_bundle: Path) -> None:
     assert len(tiles["gates"]) == 9 and all(len(gate["mean_probs"]) == 6 for gate in tiles["gates"])
 
 
+def _normal_outputs(image_scores: np.ndarray, size: int = 4) -> NormalOutputs:
+    n = image_scores.size
+    return NormalOutputs(image_scores, image_scores[:, None], np.zeros((n, size, size)), np.zeros((n, 1, size, size)))
+
+
 def test_quantile_threshold_keeps_the_false_positive_rate() -> None:
     scores = np.arange(100, dtype=np.float64)
     threshold = quantile_threshold(scores, 0.05)
     assert (scores > threshold).mean() <= 0.05 and threshold == 95
-    held_out = choose_threshold(np.arange(MIN_HOLDOUT_IMAGES, dtype=float), lambda: pytest.fail("not needed"), 0.0, "h")
-    assert held_out.split == "h" and held_out.value == MIN_HOLDOUT_IMAGES - 1
+    held_out = _normal_outputs(np.arange(MIN_HOLDOUT_IMAGES, dtype=float))
+    normals, split = choose_normals(held_out, lambda: pytest.fail("not needed"), "h")
+    threshold = choose_threshold(normals, 0.0, split)
+    assert threshold.split == "h" and threshold.value == MIN_HOLDOUT_IMAGES - 1 and threshold.n_images == 5
+    too_few = _normal_outputs(np.arange(MIN_HOLDOUT_IMAGES - 1, dtype=float))
+    normals, split = choose_normals(too_few, lambda: held_out, "h")
+    assert normals is held_out and split.startswith("train (fallback: only 4 held-out normals")
+
+
+def test_tiny_bundle_records_heatmap_ranges_per_map(tiny_bundle: Path) -> None:
+    for domain in json.loads((tiny_bundle / "manifest.json").read_text())["domains"].values():
+        ranges = domain["heatmap_range"]
+        assert set(ranges["modalities"]) == {m["name"] for m in domain["modalities"]}
+        for low, high in [ranges["fused"], *ranges["modalities"].values()]:
+            assert np.isfinite([low, high]).all() and low < high
+        # The fused range is anchored on the normal baseline and puts the decision threshold mid-ramp.
+        low, high = ranges["fused"]
+        assert low < domain["threshold"] and (domain["threshold"] - low) / (high - low) == pytest.approx(0.5)
+
+
+def test_colour_range_starts_at_the_normal_baseline_and_survives_constant_maps() -> None:
+    rng = np.random.default_rng(0)
+    maps = 10.0 + rng.random((8, 16, 16))  # baseline 10, normal spread 1
+    scores = np.sort(maps.reshape(8, -1), axis=1)[:, -5:].mean(axis=1)
+    low, high = colour_range(maps, scores, 0.05)
+    assert low == pytest.approx(10.5, abs=0.05)
+    assert high == pytest.approx(low + 2 * (scores.max() - low))
+    flat_low, flat_high = colour_range(np.full((3, 4, 4), 7.0), np.full(3, 7.0), 0.05)
+    assert flat_low == 7.0 and flat_high > flat_low
 
 
 def test_calibration_freezes_the_top_k_of_the_mean_gate(tiny_export_model) -> None:
