@@ -133,6 +133,7 @@ def check_readiness(bundle: Path, workdir: Path, timeout_s: float, max_batch_siz
                 answers.append((time.time(), response.status_code, code))
                 if response.status_code == 200:
                     break
+                time.sleep(0.05)
         time.sleep(0.2)  # let the log line reach the file
         warm_at = _warmup_done_at(service)
     finally:
@@ -159,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--bundle", type=Path, required=True, help="a good bundle to copy and break")
-    parser.add_argument("--timeout-s", type=float, default=60.0, help="bound on each start-up (default 60)")
+    parser.add_argument("--timeout-s", type=float, default=180.0, help="bound on each start-up (default 180)")
     parser.add_argument(
         "--warmup-batch",
         type=int,
-        default=64,
-        help="UNIMMAD_MAX_BATCH_SIZE for the readiness check: more shapes, longer warm-up",
+        default=16,
+        help="UNIMMAD_MAX_BATCH_SIZE for the readiness check: more shapes, longer warm-up (default 16)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
