@@ -202,21 +202,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--bundle", type=Path, help="start a service on 127.0.0.1 serving this bundle")
-    where.add_argument("--url", help="a live service on this machine, e.g. http://127.0.0.1:8000")
+    live_service.add_target_arguments(parser)
     parser.add_argument("--pid", type=int, help="with --url: the service's pid, for its RSS")
     parser.add_argument("--domain", help="domain to send (default: the bundle's first)")
     parser.add_argument("--capacity-s", type=float, default=10.0, help="capacity phase length (default 10)")
     parser.add_argument("--duration-s", type=float, default=60.0, help="overload phase length (default 60)")
     parser.add_argument("--overload", type=float, default=4.0, help="offered load / capacity (default 4)")
     parser.add_argument("--max-in-flight", type=int, default=512, help="bound on outstanding requests")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the synthetic images (default 64)")
+    parser.add_argument(
+        "--image-size", type=int, default=64, help="side of the synthetic images (default 64)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    if args.url and httpx.URL(args.url).host not in {"127.0.0.1", "localhost", "::1"}:
-        print("error: --url must point at this machine (127.0.0.1, localhost or ::1)", file=sys.stderr)
+    live_service.configure_logging()
+    if (error := live_service.remote_url_error(args.url)) is not None:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     with ExitStack() as stack:
         if args.bundle is not None:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bundle import BundleError, load_bundle
 from modalities.decode import decode_bytes
-from modalities.prepare import stack_sample
+from service.preprocessing import prepare_sample
 
 
 def synthetic_files(modalities, size: int, seed: int = 0) -> dict[str, tuple[str, bytes, str]]:
@@ -54,8 +54,7 @@ def bare_session_latency(bundle, domain: str, files, repeats: int) -> float:
     manifest = bundle.manifest
     spec = manifest.domains[domain]
     arrays = {name: decode_bytes(content) for name, (_, content, _) in files.items()}
-    sample = stack_sample(arrays, spec.modality_specs, manifest.input_size,
-                          mean=manifest.normalization.mean, std=manifest.normalization.std)[None]
+    sample = prepare_sample(arrays, spec, manifest)[None]
     session = ort.InferenceSession(str(bundle.graph("frozen").model), providers=ort.get_available_providers())
     feeds = {"images": sample, "domain": np.array([spec.index], dtype=np.int64)}
     for _ in range(3):
@@ -75,10 +74,14 @@ def free_port() -> int:
 
 
 def start_service(bundle_path: Path, port: int, max_batch_size: int) -> subprocess.Popen:
-    env = os.environ | {"UNIMMAD_MAX_BATCH_SIZE": str(max_batch_size), "UNIMMAD_LOG_LEVEL": "WARNING",
-                        "UNIMMAD_QUEUE_SIZE": "256"}
-    process = subprocess.Popen([sys.executable, "-m", "service", "--bundle", str(bundle_path), "--port", str(port)],
-                               env=env)
+    env = os.environ | {
+        "UNIMMAD_MAX_BATCH_SIZE": str(max_batch_size),
+        "UNIMMAD_LOG_LEVEL": "WARNING",
+        "UNIMMAD_QUEUE_SIZE": "256",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--bundle", str(bundle_path), "--port", str(port)], env=env
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -93,7 +96,9 @@ def start_service(bundle_path: Path, port: int, max_batch_size: int) -> subproce
     raise SystemExit("error: the service did not become ready within 300 s")
 
 
-async def send(client: httpx.AsyncClient, domain: str, files, count: int, concurrency: int, desc: str) -> list[float]:
+async def send(
+    client: httpx.AsyncClient, domain: str, files, count: int, concurrency: int, desc: str
+) -> list[float]:
     """Latencies of ``count`` POST /detect sent by ``concurrency`` workers."""
     latencies: list[float] = []
     remaining = iter(range(count))
@@ -129,7 +134,9 @@ async def measure_service(port: int, domain: str, files, requests: int, concurre
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--domain", help="domain to send (default: the first of the manifest)")
     parser.add_argument("--requests", type=int, default=200, help="requests per throughput phase")

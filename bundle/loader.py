@@ -81,8 +81,9 @@ def read_manifest(root: Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{manifest_path} does not match the manifest schema: "
-                          f"{_first_validation_problem(exc)}") from None
+        raise BundleError(
+            f"{manifest_path} does not match the manifest schema: {_first_validation_problem(exc)}"
+        ) from None
 
 
 def _verified(root: Path, name: str, expected_sha256: str, *, verify_hashes: bool) -> Path:
@@ -113,7 +114,8 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
         spec = manifest.graph(kind)
         model = _verified(root, spec.file, spec.sha256, verify_hashes=verify_hashes)
         data = tuple(
-            _verified(root, item.file, item.sha256, verify_hashes=verify_hashes) for item in spec.external_data
+            _verified(root, item.file, item.sha256, verify_hashes=verify_hashes)
+            for item in spec.external_data
         )
         graphs[kind] = GraphFiles(spec=spec, model=model, external_data=data)
     return Bundle(root=root, manifest=manifest, graphs=graphs)

@@ -153,24 +153,34 @@ class ThresholdMethod(_Strict):
 
 
 class RoutingLeaders(_Strict):
-    """The frozen top-K leader experts of one (level, branch, modality slot)."""
+    """The frozen leader experts of one (level, branch, modality slot) and their weights (summing to 1).
+
+    K of them with "topk" routing; every leader some calibration sample picked with "expected" routing.
+    """
 
     level: int = Field(ge=0)
     branch: str = Field(min_length=1)
     slot: int = Field(ge=0)
     experts: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
-    scores: list[FiniteFloat] = Field(min_length=1)
+    scores: list[Annotated[float, Field(gt=0, le=1)]] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _paired(self) -> RoutingLeaders:
         if len(self.experts) != len(self.scores):
             raise ValueError(f"{len(self.experts)} experts but {len(self.scores)} scores")
+        if len(set(self.experts)) != len(self.experts):
+            raise ValueError(f"experts repeated: {self.experts}")
         return self
 
 
 class RoutingSummary(_Strict):
     """Frozen routing of a domain and how often per-sample routing agreed with it at calibration."""
 
+    mode: Literal["topk", "expected"] | None = Field(
+        default=None,
+        description="topk: top-K of the mean gate probabilities, renormalised; expected: mean over calibration "
+        "samples of each sample's routed scores over all leaders (absent in older bundles: topk)",
+    )
     agreement: float | None = Field(default=None, ge=0, le=1)
     leaders: list[RoutingLeaders] = Field(default_factory=list)
 

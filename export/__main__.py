@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.loader import BundleError
+from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
 from export.onnx_graph import ExportError
 from export.threshold import DEFAULT_TARGET_FPR
 
@@ -21,15 +22,25 @@ logger = logging.getLogger("export")
 
 
 def _add_checkpoint(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path, help="training run folder (config.json + model.safetensors)")
-    parser.add_argument("--prior-weights", help="where the prior's weights file lives now, if it moved since training")
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="training run folder (config.json + model.safetensors)"
+    )
+    parser.add_argument(
+        "--prior-weights", help="where the prior's weights file lives now, if it moved since training"
+    )
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", help="data spec (default: the one recorded in the checkpoint), e.g. 'synthetic'")
+    parser.add_argument(
+        "--data", help="data spec (default: the one recorded in the checkpoint), e.g. 'synthetic'"
+    )
     parser.add_argument("--domains", nargs="+", help="only these domains (default: every domain of the data)")
-    parser.add_argument("--max-samples", type=int, help="at most this many samples per domain and split (quick runs)")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size of calibration/evaluation (default 8)")
+    parser.add_argument(
+        "--max-samples", type=int, help="at most this many samples per domain and split (quick runs)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="batch size of calibration/evaluation (default 8)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,31 +48,59 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    bundle = commands.add_parser("bundle", help="calibrate routing per domain, fold, export both graphs, write the bundle")
+    bundle = commands.add_parser(
+        "bundle", help="calibrate routing per domain, fold, export both graphs, write the bundle"
+    )
     _add_checkpoint(bundle)
     _add_data(bundle)
     bundle.add_argument("--out", required=True, type=Path, help="bundle folder to write (created)")
-    bundle.add_argument("--fp16", action="store_true", help="float16 weights/activations inside the graphs (I/O stay float32)")
-    bundle.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
-                        help=f"false positive rate on held-out normals the threshold aims at (default {DEFAULT_TARGET_FPR})")
-    bundle.add_argument("--model-version", default=None, help="manifest model_version (default: the checkpoint folder name)")
+    bundle.add_argument(
+        "--fp16", action="store_true", help="float16 weights/activations inside the graphs (I/O stay float32)"
+    )
+    bundle.add_argument(
+        "--target-fpr",
+        type=float,
+        default=DEFAULT_TARGET_FPR,
+        help=f"false positive rate on held-out normals the threshold aims at (default {DEFAULT_TARGET_FPR})",
+    )
+    bundle.add_argument(
+        "--routing",
+        choices=ROUTING_MODES,
+        default=DEFAULT_ROUTING_MODE,
+        help="frozen routing per domain: 'topk' = top-K of the mean gate probabilities, renormalised; "
+        "'expected' = mean of the samples' own routed scores over all leaders, i.e. the average "
+        f"per-sample routed kernel (default {DEFAULT_ROUTING_MODE})",
+    )
+    bundle.add_argument(
+        "--model-version", default=None, help="manifest model_version (default: the checkpoint folder name)"
+    )
 
-    verify = commands.add_parser("verify", help="fold exactness, torch vs onnxruntime, per-sample vs frozen AUROC")
+    verify = commands.add_parser(
+        "verify", help="fold exactness, torch vs onnxruntime, per-sample vs frozen AUROC"
+    )
     verify.add_argument("bundle", type=Path, help="bundle folder")
     _add_checkpoint(verify)
     _add_data(verify)
-    verify.add_argument("--json", action="store_true", help="print the report as JSON (default: indented summary)")
+    verify.add_argument(
+        "--json", action="store_true", help="print the report as JSON (default: indented summary)"
+    )
 
-    bench = commands.add_parser("bench", help="images/s of torch eager, ORT dynamic and ORT frozen at batch 1 and 8")
+    bench = commands.add_parser(
+        "bench", help="images/s of torch eager, ORT dynamic and ORT frozen at batch 1 and 8"
+    )
     bench.add_argument("bundle", type=Path, help="bundle folder")
     _add_checkpoint(bench)
     bench.add_argument("--domain", help="domain whose modality count is benchmarked (default: the first)")
-    bench.add_argument("--min-seconds", type=float, default=2.0, help="time each measurement at least this long")
-    bench.add_argument("--json", action="store_true", help="print the report as JSON (default: indented summary)")
+    bench.add_argument(
+        "--min-seconds", type=float, default=2.0, help="time each measurement at least this long"
+    )
+    bench.add_argument(
+        "--json", action="store_true", help="print the report as JSON (default: indented summary)"
+    )
     return parser
 
 
-def _positive(parser: argparse.ArgumentParser, name: str, value: int | float | None) -> None:
+def _positive(parser: argparse.ArgumentParser, name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         parser.error(f"{name} must be positive, got {value}")
 
@@ -101,6 +140,7 @@ def run(args: argparse.Namespace) -> dict | None:
         holdout_ids=holdout_ids,
         batch_size=args.batch_size,
         fp16=args.fp16,
+        routing=args.routing,
         model_version=args.model_version or args.checkpoint.resolve().name,
     )
     build_bundle(model, domains, args.out, options)

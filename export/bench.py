@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from export.fold import kernel_banks
 from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
 from export.onnx_graph import check_graph
 from export.routing import routing_from_manifest
-from model.anomaly_map import anomaly_maps
+from model.anomaly_map import AnomalyMaps, anomaly_maps
 from model.unimmad import UniMMAD
 
 BATCH_SIZES = (1, 8)
@@ -63,8 +64,15 @@ def matmul_gflops(min_seconds: float) -> float:
     return 2 * MATMUL_SIZE**3 * calls_per_second / GIGA
 
 
+def torch_maps(model: UniMMAD, images: torch.Tensor) -> AnomalyMaps:
+    """What the per-sample torch model answers for `images` [B, M, 3, S, S]: its anomaly maps and scores."""
+    return anomaly_maps(model(images), model.config)
+
+
 @torch.no_grad()
-def bench(bundle_path: Path, model: UniMMAD, domain: str | None = None, min_seconds: float = 2.0) -> dict[str, Any]:
+def bench(
+    bundle_path: Path, model: UniMMAD, domain: str | None = None, min_seconds: float = 2.0
+) -> dict[str, Any]:
     """The benchmark report of the bundle at `bundle_path` (domain: the manifest's first by default)."""
     bundle = load_bundle(bundle_path)
     manifest = bundle.manifest
@@ -73,7 +81,9 @@ def bench(bundle_path: Path, model: UniMMAD, domain: str | None = None, min_seco
         raise ValueError(f"domain {name} is not in the bundle (it has {', '.join(manifest.domains)})")
     spec = manifest.domains[name]
     ordered = sorted(manifest.domains.values(), key=lambda entry: entry.index)
-    frozen_torch = FrozenUniMMAD(model, kernel_banks(model, [routing_from_manifest(e, model.config) for e in ordered]))
+    frozen_torch = FrozenUniMMAD(
+        model, kernel_banks(model, [routing_from_manifest(e, model.config) for e in ordered])
+    )
     frozen_session = check_graph(bundle.graph("frozen").model)
     dynamic_session = check_graph(bundle.graph("dynamic").model)
     slots, size = len(spec.modalities), manifest.input_size
@@ -84,25 +94,28 @@ def bench(bundle_path: Path, model: UniMMAD, domain: str | None = None, min_seco
     for batch in tqdm(BATCH_SIZES, desc="benchmark", unit="batch size"):
         images = torch.randn(batch, slots, 3, size, size, generator=torch.Generator().manual_seed(batch))
         feed = images.numpy()
-        frozen_rate = throughput(
-            lambda: frozen_session.run(list(OUTPUT_NAMES), {"images": feed, "domain": domain_input}), batch, min_seconds
-        )
+        run_frozen = partial(frozen_session.run, list(OUTPUT_NAMES), {"images": feed, "domain": domain_input})
+        run_dynamic = partial(dynamic_session.run, list(OUTPUT_NAMES), {"images": feed})
+        frozen_rate = throughput(run_frozen, batch, min_seconds)
         rates = {
-            "torch_eager_per_sample": throughput(lambda: anomaly_maps(model(images), model.config), batch, min_seconds),
-            "ort_dynamic": throughput(lambda: dynamic_session.run(list(OUTPUT_NAMES), {"images": feed}), batch, min_seconds),
+            "torch_eager_per_sample": throughput(partial(torch_maps, model, images), batch, min_seconds),
+            "ort_dynamic": throughput(run_dynamic, batch, min_seconds),
             "ort_frozen": frozen_rate,
         }
         frozen_total, frozen_cmoe = counted_flops(
-            lambda: frozen_torch(images, torch.from_numpy(domain_input))
+            partial(frozen_torch, images, torch.from_numpy(domain_input))
         )
-        _, dynamic_cmoe = counted_flops(lambda: model(images))
+        _, dynamic_cmoe = counted_flops(partial(model, images))
         results.append(
             {
                 "batch": batch,
                 "images_per_second": rates,
                 "frozen_vs_torch_speedup": frozen_rate / rates["torch_eager_per_sample"],
-                "cmoe_gflops": {"dynamic": dynamic_cmoe / GIGA, "frozen": frozen_cmoe / GIGA,
-                                "frozen_over_dynamic": frozen_cmoe / dynamic_cmoe},
+                "cmoe_gflops": {
+                    "dynamic": dynamic_cmoe / GIGA,
+                    "frozen": frozen_cmoe / GIGA,
+                    "frozen_over_dynamic": frozen_cmoe / dynamic_cmoe,
+                },
                 "frozen_graph_gflops_per_batch": frozen_total / GIGA,
                 "frozen_achieved_gflop_per_s": frozen_total / GIGA * frozen_rate / batch,
             }

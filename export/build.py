@@ -1,11 +1,11 @@
 """Checkpoint -> bundle: calibrate routing, fold kernels, export both graphs, set thresholds, write the manifest.
 
-    for each domain: normal training refs --split_holdout--> (calibration refs, held-out refs)
-                     calibration refs --per-sample gates--> frozen routing (export.calibration)
-    frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --> model.onnx (+ data)   (export.frozen)
-    per-sample routing ----------------------------------------> model_dynamic.onnx (+ data)
-    held-out normals --model.onnx scores, maps--> threshold, heatmap colour ranges   (export.threshold)
-    manifest.json (validated by bundle.manifest) + calibration.json
+for each domain: normal training refs --split_holdout--> (calibration refs, held-out refs)
+                 calibration refs --per-sample gates--> frozen routing (export.calibration)
+frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --> model.onnx (+ data)   (export.frozen)
+per-sample routing ----------------------------------------> model_dynamic.onnx (+ data)
+held-out normals --model.onnx scores, maps--> threshold, heatmap colour ranges   (export.threshold)
+manifest.json (validated by bundle.manifest) + calibration.json
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from bundle.loader import MANIFEST_NAME
 from bundle.manifest import Manifest
-from export.calibration import Calibration, calibrate
+from export.calibration import DEFAULT_ROUTING_MODE, Calibration, calibrate
 from export.fold import kernel_banks
 from export.frozen import DynamicUniMMAD, FrozenUniMMAD
 from export.onnx_graph import OPSET, check_graph, export_graph, graph_spec
@@ -65,6 +65,7 @@ class BundleOptions:
     fp16: bool = False
     model_version: str = "unimmad"
     holdout_ids: dict[str, list[str]] | None = None  # per domain, as training recorded them
+    routing: str = DEFAULT_ROUTING_MODE  # export.calibration.ROUTING_MODES
 
 
 def run_holdout(run_config: dict[str, Any]) -> tuple[float, int, dict[str, list[str]] | None]:
@@ -88,7 +89,12 @@ def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]
 
 
 def frozen_outputs(
-    session: ort.InferenceSession, data: DomainData, refs: Sequence, index: int, model: UniMMAD, batch_size: int
+    session: ort.InferenceSession,
+    data: DomainData,
+    refs: Sequence,
+    index: int,
+    model: UniMMAD,
+    batch_size: int,
 ) -> NormalOutputs:
     """Scores and maps of `refs` from the frozen ONNX graph, the one the service runs."""
     names = ["image_score", "modality_scores", "anomaly_map", "modality_maps"]
@@ -103,7 +109,9 @@ def frozen_outputs(
     return NormalOutputs(*(np.concatenate([run[i] for run in runs]) for i in range(len(names))))
 
 
-def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, options: BundleOptions) -> Manifest:
+def build_bundle(
+    model: UniMMAD, domains: Sequence[DomainData], out: Path, options: BundleOptions
+) -> Manifest:
     """Write a complete bundle for `domains` (domain index = position) into `out`; returns its manifest."""
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
@@ -116,16 +124,23 @@ def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, optio
         if not train:
             raise ValueError(f"domain {data.name} has no normal training samples to calibrate its routing")
         images = (batch.images for batch in batches(data, train, config, options.batch_size))
-        calibrations.append(calibrate(model, images))
+        calibrations.append(calibrate(model, images, options.routing))
         splits.append((train, holdout))
-        logger.info("domain %s: routing agreement %.3f over %d samples", data.name, calibrations[-1].agreement,
-                    len(train))
+        logger.info(
+            "domain %s: %s routing, agreement %.3f over %d samples",
+            data.name,
+            options.routing,
+            calibrations[-1].agreement,
+            len(train),
+        )
 
     banks = kernel_banks(model, [calibration.routing for calibration in calibrations])
     # Two samples and two slots: torch.export specialises any dimension traced at size 1.
     example = torch.zeros(2, 2, 3, config.image_size, config.image_size)
     logger.info("exporting the frozen graph")
-    export_graph(FrozenUniMMAD(model, banks), (example, torch.tensor([0])), out / FROZEN_FILE, with_domain=True)
+    export_graph(
+        FrozenUniMMAD(model, banks), (example, torch.tensor([0])), out / FROZEN_FILE, with_domain=True
+    )
     logger.info("exporting the dynamic graph")
     export_graph(DynamicUniMMAD(model), (example,), out / DYNAMIC_FILE, with_domain=False)
     if options.fp16:
@@ -136,8 +151,12 @@ def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, optio
 
     thresholds: list[Threshold] = []
     ranges: list[dict] = []
-    for index, (data, (train, holdout)) in enumerate(tqdm(list(zip(domains, splits)), desc="thresholds", unit="domain")):
-        outputs = partial(frozen_outputs, session, data, index=index, model=model, batch_size=options.batch_size)
+    for index, (data, (train, holdout)) in enumerate(
+        tqdm(list(zip(domains, splits)), desc="thresholds", unit="domain")
+    ):
+        outputs = partial(
+            frozen_outputs, session, data, index=index, model=model, batch_size=options.batch_size
+        )
         normals, split = choose_normals(outputs(holdout), partial(outputs, train), split_name)
         thresholds.append(choose_threshold(normals, options.target_fpr, split))
         names = [spec.name for spec in data.domain.modalities]
@@ -145,7 +164,8 @@ def build_bundle(model: UniMMAD, domains: Sequence[DomainData], out: Path, optio
     manifest = make_manifest(model, domains, calibrations, thresholds, ranges, out, options)
     (out / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     calibration_report = {
-        data.name: calibration.summary(config.kernel_sizes) for data, calibration in zip(domains, calibrations)
+        data.name: calibration.summary(config.kernel_sizes)
+        for data, calibration in zip(domains, calibrations)
     }
     (out / CALIBRATION_FILE).write_text(json.dumps(calibration_report, indent=2), encoding="utf-8")
     logger.info("bundle written to %s", out)
@@ -181,6 +201,7 @@ def make_manifest(
             "heatmap_range": heatmap_range,
             "loss_weight": data.domain.loss_weight,
             "routing": {
+                "mode": calibration.mode,
                 "agreement": calibration.agreement,
                 "leaders": [
                     {key: gate[key] for key in ("level", "branch", "slot", "experts", "scores")}
@@ -195,8 +216,15 @@ def make_manifest(
             "created_at": datetime.now(UTC).isoformat(),
             "input_size": config.image_size,
             "normalization": {"mean": list(config.mean), "std": list(config.std)},
-            "image_score": {"reduction": "top_fraction_mean", "fraction": config.top_pixels / config.image_size**2},
-            "anomaly_map": {"fusion": "rss", "blur_sigma": config.blur_sigma, "blur_kernel": config.blur_kernel},
+            "image_score": {
+                "reduction": "top_fraction_mean",
+                "fraction": config.top_pixels / config.image_size**2,
+            },
+            "anomaly_map": {
+                "fusion": "rss",
+                "blur_sigma": config.blur_sigma,
+                "blur_kernel": config.blur_kernel,
+            },
             "versions": {
                 "torch": torch.__version__,
                 "onnx": onnx.__version__,
@@ -204,7 +232,10 @@ def make_manifest(
                 "onnxscript": onnxscript.__version__,
                 "onnxruntime": ort.__version__,
             },
-            "graphs": {"frozen": graph_spec(out / FROZEN_FILE, out), "dynamic": graph_spec(out / DYNAMIC_FILE, out)},
+            "graphs": {
+                "frozen": graph_spec(out / FROZEN_FILE, out),
+                "dynamic": graph_spec(out / DYNAMIC_FILE, out),
+            },
             "domains": domain_entries,
         }
     )

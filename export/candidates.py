@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,22 @@ def measure(preset_name: str, min_seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for method in SLOT_CONVS:
             path = Path(folder) / f"{method}.onnx"
-            export_graph(FrozenUniMMAD(model, banks, method), (torch.zeros(2, 2, 3, size, size), torch.tensor([0])),
-                         path, with_domain=True)
+            export_graph(
+                FrozenUniMMAD(model, banks, method),
+                (torch.zeros(2, 2, 3, size, size), torch.tensor([0])),
+                path,
+                with_domain=True,
+            )
             session = check_graph(path)
             for slots in (1, 3):
                 for batch in (1, 8):
-                    feed = {"images": np.random.default_rng(0).standard_normal((batch, slots, 3, size, size), np.float32),
-                            "domain": np.array([1])}
-                    rate = throughput(lambda: session.run(list(OUTPUT_NAMES), feed), batch, min_seconds)
+                    feed = {
+                        "images": np.random.default_rng(0).standard_normal(
+                            (batch, slots, 3, size, size), np.float32
+                        ),
+                        "domain": np.array([1]),
+                    }
+                    rate = throughput(partial(session.run, list(OUTPUT_NAMES), feed), batch, min_seconds)
                     results.setdefault(method, {})[f"M{slots}_B{batch}"] = rate
     return results
 

@@ -47,7 +47,9 @@ def fold_domain(model: UniMMAD, routing: DomainRouting) -> list[list[Tensor]]:
     for level, cmoe in enumerate(model.c_moes):
         per_branch = []
         for b, (branch, bank) in enumerate(zip(cmoe.MoEs, cmoe.expert_bases)):
-            per_slot = [fold_branch(branch, bank, *routing.route(slot, level, b)) for slot in range(routing.slots)]
+            per_slot = [
+                fold_branch(branch, bank, *routing.route(slot, level, b)) for slot in range(routing.slots)
+            ]
             per_branch.append(torch.stack(per_slot))
         kernels.append(per_branch)
     return kernels

@@ -60,7 +60,9 @@ class FrozenUniMMAD(nn.Module):
         self.stem = model.stem
         self.encoder = model.encoder
         self.fcm = model.fcm
-        self.c_moes = nn.ModuleList(FrozenCMoE(cmoe, level_banks, method) for cmoe, level_banks in zip(model.c_moes, banks))
+        self.c_moes = nn.ModuleList(
+            FrozenCMoE(cmoe, level_banks, method) for cmoe, level_banks in zip(model.c_moes, banks)
+        )
 
     def network_output(self, images: Tensor, domain: Tensor) -> UniMMADOutput:
         """Priors and predictions as UniMMAD.forward returns them (routes empty, balance loss 0)."""

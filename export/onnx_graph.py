@@ -23,7 +23,11 @@ logger = logging.getLogger(__name__)
 
 OPSET = 18
 MAX_BATCH = 4096
-DTYPE_NAMES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.INT64: "int64"}
+DTYPE_NAMES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT64: "int64",
+}
 
 
 class ExportError(RuntimeError):
@@ -74,7 +78,7 @@ def check_graph(path: Path) -> ort.InferenceSession:
         raise ExportError(f"{path.name} fails onnx.checker: {str(error).splitlines()[0]}") from None
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own unrelated exception types
+    except Exception as error:  # noqa: BLE001 -- onnxruntime raises private types that share no base
         raise ExportError(f"onnxruntime cannot load {path.name}: {str(error).splitlines()[0]}") from None
 
 
@@ -93,7 +97,8 @@ def graph_spec(path: Path, root: Path) -> dict:
         "file": path.relative_to(root).as_posix(),
         "sha256": file_sha256(path),
         "external_data": [
-            {"file": data.relative_to(root).as_posix(), "sha256": file_sha256(data)} for data in external_data_files(path)
+            {"file": data.relative_to(root).as_posix(), "sha256": file_sha256(data)}
+            for data in external_data_files(path)
         ],
         "inputs": {value.name: _tensor_spec(value) for value in model.graph.input},
         "outputs": {value.name: _tensor_spec(value) for value in model.graph.output},

@@ -52,16 +52,24 @@ def select_domains(sources: Sequence[Source], names: Sequence[str] | None) -> li
     return [available[name] for name in names]
 
 
-def batches(data: DomainData, refs: Sequence[SampleRef], config: UniMMADConfig, batch_size: int) -> Iterator[Batch]:
+def batches(
+    data: DomainData, refs: Sequence[SampleRef], config: UniMMADConfig, batch_size: int
+) -> Iterator[Batch]:
     """Decode and prepare `refs` in order, `batch_size` at a time."""
     size = config.image_size
     for start in range(0, len(refs), batch_size):
         samples = [data.source.load(ref) for ref in refs[start : start + batch_size]]
         images = np.stack(
-            [stack_sample(s.modalities, data.domain.modalities, size, mean=config.mean, std=config.std) for s in samples]
+            [
+                stack_sample(s.modalities, data.domain.modalities, size, mean=config.mean, std=config.std)
+                for s in samples
+            ]
         )
         masks = np.stack(
-            [prepare_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool) for s in samples]
+            [
+                prepare_mask(s.mask, size) if s.mask is not None else np.zeros((size, size), bool)
+                for s in samples
+            ]
         )
         yield Batch(torch.from_numpy(images), masks, np.array([s.label for s in samples], dtype=np.int64))
 

@@ -71,14 +71,20 @@ def padded_slot_conv(pairs: Tensor, kernels: Tensor, slots: int) -> Tensor:
     height, width = pairs.shape[-2:]
     by_slot = pairs.reshape(slots, -1, in_channels, height, width)
     padding = by_slot.new_zeros(max_slots - slots, *by_slot.shape[1:])
-    grouped = torch.cat([by_slot, padding]).transpose(0, 1).reshape(-1, max_slots * in_channels, height, width)
+    grouped = (
+        torch.cat([by_slot, padding]).transpose(0, 1).reshape(-1, max_slots * in_channels, height, width)
+    )
     weight = kernels.reshape(max_slots * out_channels, in_channels, size, size)
     out = F.conv2d(grouped, weight, padding=size // 2, groups=max_slots)
     out = out.reshape(-1, max_slots, out_channels, height, width)[:, :slots].transpose(0, 1)
     return out.reshape(-1, out_channels, height, width)
 
 
-SLOT_CONV_FUNCTIONS = {"unfold": unfold_slot_conv, "block_diag": block_diag_slot_conv, "padded": padded_slot_conv}
+SLOT_CONV_FUNCTIONS = {
+    "unfold": unfold_slot_conv,
+    "block_diag": block_diag_slot_conv,
+    "padded": padded_slot_conv,
+}
 SLOT_CONVS = tuple(SLOT_CONV_FUNCTIONS)
 
 
@@ -89,4 +95,3 @@ def slot_conv(pairs: Tensor, kernels: Tensor, slots: int, method: str = DEFAULT_
     except KeyError:
         raise ValueError(f"unknown slot conv {method!r}; valid: {', '.join(SLOT_CONVS)}") from None
     return function(pairs, kernels, slots)
-

@@ -1,8 +1,9 @@
 """`export verify`: is the bundle the checkpoint, and what does freezing the routing cost?
 
 Report (JSON):
-- fold_max_abs_diff: torch with routing forced to the manifest's frozen choice vs the folded kernels
-  (C-MoE predictions of every level, every test batch);
+- fold_max_abs_diff: torch with routing forced to the manifest's frozen choice (through the static base
+  bank, kernel_mode="bank", whose cost does not grow with the number of leaders an "expected" routing
+  mixes) vs the folded kernels (C-MoE predictions of every level, every test batch);
 - onnxruntime: max abs diff of every output, frozen graph vs torch forced routing and dynamic graph vs
   torch per-sample routing, on the same inputs;
 - per domain: image and pixel AUROC with per-sample routing (torch) and frozen routing (the frozen ONNX
@@ -38,7 +39,9 @@ PIXEL_AUROC_GOAL = 0.002  # 0.2 points
 
 
 def _max_diff(current: float, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    return max(current, float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max()))
+    return max(
+        current, float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+    )
 
 
 def _auroc_entry(per_sample: float | None, frozen: float | None, goal: float) -> dict[str, Any]:
@@ -55,14 +58,20 @@ def check_bundle_matches(bundle: Bundle, model: UniMMAD, domains: Sequence[Domai
     """ValueError unless the checkpoint and the data fit the bundle (size, domains and their modalities)."""
     manifest = bundle.manifest
     if manifest.input_size != model.config.image_size:
-        raise ValueError(f"bundle input size {manifest.input_size} != checkpoint image_size {model.config.image_size}")
+        raise ValueError(
+            f"bundle input size {manifest.input_size} != checkpoint image_size {model.config.image_size}"
+        )
     for data in domains:
         if data.name not in manifest.domains:
-            raise ValueError(f"domain {data.name} is not in the bundle (it has {', '.join(manifest.domains)})")
+            raise ValueError(
+                f"domain {data.name} is not in the bundle (it has {', '.join(manifest.domains)})"
+            )
         names = [entry.name for entry in manifest.domains[data.name].modalities]
         if names != list(data.domain.modality_names):
-            raise ValueError(f"domain {data.name}: bundle modalities {names} != data modalities "
-                             f"{list(data.domain.modality_names)}")
+            raise ValueError(
+                f"domain {data.name}: bundle modalities {names} != data modalities "
+                f"{list(data.domain.modality_names)}"
+            )
 
 
 @torch.no_grad()
@@ -86,19 +95,24 @@ def verify(
         spec = manifest.domains[data.name]
         routing = routings[spec.index]
         refs = data.test_refs()
-        collected: dict[str, list[np.ndarray]] = {key: [] for key in ("labels", "masks", "ps_score", "ps_map",
-                                                                      "fz_score", "fz_map")}
+        collected: dict[str, list[np.ndarray]] = {
+            key: [] for key in ("labels", "masks", "ps_score", "ps_map", "fz_score", "fz_map")
+        }
         for batch in batches(data, refs, model.config, batch_size):
             images = batch.images
             count, slots = images.shape[:2]
             domain = torch.tensor([spec.index])
             per_sample = anomaly_maps(model(images), model.config)
-            forced_output = model(images, routing=forced_routing(routing, slot_major_pairs(count, slots)[1]))
+            forced_output = model(
+                images, routing=forced_routing(routing, slot_major_pairs(count, slots)[1]), kernel_mode="bank"
+            )
             forced = anomaly_maps(forced_output, model.config)
             folded_output = frozen_torch.network_output(images, domain)
             for reference, folded in zip(forced_output.predictions, folded_output.predictions):
                 fold_diff = _max_diff(fold_diff, reference, folded)
-            frozen_ort = frozen_session.run(list(OUTPUT_NAMES), {"images": images.numpy(), "domain": domain.numpy()})
+            frozen_ort = frozen_session.run(
+                list(OUTPUT_NAMES), {"images": images.numpy(), "domain": domain.numpy()}
+            )
             dynamic_ort = dynamic_session.run(list(OUTPUT_NAMES), {"images": images.numpy()})
             for name, got_frozen, got_dynamic, want_frozen, want_dynamic in zip(
                 OUTPUT_NAMES, frozen_ort, dynamic_ort, forced, per_sample
@@ -117,15 +131,22 @@ def verify(
         values = {key: np.concatenate(parts) for key, parts in collected.items()}
         has_masks = bool(values["masks"].any())
         pixel = (
-            (auroc(values["ps_map"].ravel(), values["masks"].ravel()), auroc(values["fz_map"].ravel(), values["masks"].ravel()))
+            (
+                auroc(values["ps_map"].ravel(), values["masks"].ravel()),
+                auroc(values["fz_map"].ravel(), values["masks"].ravel()),
+            )
             if has_masks
             else (None, None)
         )
         report_domains[data.name] = {
             "test_samples": len(refs),
+            "routing_mode": spec.routing.mode,
             "routing_agreement": spec.routing.agreement,
-            "image_auroc": _auroc_entry(auroc(values["ps_score"], values["labels"]),
-                                        auroc(values["fz_score"], values["labels"]), IMAGE_AUROC_GOAL),
+            "image_auroc": _auroc_entry(
+                auroc(values["ps_score"], values["labels"]),
+                auroc(values["fz_score"], values["labels"]),
+                IMAGE_AUROC_GOAL,
+            ),
             "pixel_auroc": _auroc_entry(*pixel, PIXEL_AUROC_GOAL),
         }
     return {

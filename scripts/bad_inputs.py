@@ -253,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--bundle", type=Path, help="start a service on 127.0.0.1 serving this bundle")
-    where.add_argument("--url", help="a live service on this machine, e.g. http://127.0.0.1:8000")
+    live_service.add_target_arguments(parser)
     parser.add_argument(
         "--max-upload-bytes",
         type=int,
@@ -269,12 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         help="UNIMMAD_MAX_PIXELS of the service (set on the one --bundle starts)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    live_service.configure_logging()
+    if (error := live_service.remote_url_error(args.url)) is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.url is not None:
-        if httpx.URL(args.url).host not in {"127.0.0.1", "localhost", "::1"}:
-            print("error: --url must point at this machine (127.0.0.1, localhost or ::1)", file=sys.stderr)
-            return 2
         verdicts, healthy = run_corpus(discover(args.url, args.max_upload_bytes, args.max_pixels))
     else:
         limits = {

@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         help="UNIMMAD_MAX_BATCH_SIZE for the readiness check: more shapes, longer warm-up (default 16)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    live_service.configure_logging()
     if not (args.bundle / "manifest.json").is_file():
         print(f"error: {args.bundle} is not a bundle (no manifest.json)", file=sys.stderr)
         return 2

@@ -5,6 +5,8 @@ Every wait is bounded and the child is always stopped (SIGTERM, then SIGKILL) wh
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import signal
 import socket
@@ -20,6 +22,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
+LOCAL_HOSTS = frozenset({LOOPBACK, "localhost", "::1"})
 
 
 class ServiceFailed(RuntimeError):
@@ -39,6 +42,26 @@ class LiveService:
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Exactly one of --bundle (a service this script starts) or --url (a live one on this machine)."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bundle", type=Path, help="start a service on 127.0.0.1 serving this bundle")
+    where.add_argument("--url", help="a live service on this machine, e.g. http://127.0.0.1:8000")
+
+
+def remote_url_error(url: str | None) -> str | None:
+    """The one-line complaint about a --url that is not on this machine; None when it is (or is absent)."""
+    if url is None or httpx.URL(url).host in LOCAL_HOSTS:
+        return None
+    return "--url must point at this machine (127.0.0.1, localhost or ::1)"
+
+
+def configure_logging() -> None:
+    """Script logs as ``LEVEL name: message`` on stderr, without httpx's line per request."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def free_port() -> int:

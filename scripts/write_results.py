@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model.metrics import METRIC_KEYS
+
 # (image AUROC, pixel AUROC, AUPRO) in %, UniMMAD rows of the paper's per-class tables. The paper's
 # MVTec-3D uses RGB + depth and its MulSen-AD uses infrared only (spec 1.1); ours differ (see notes).
 PAPER = {
@@ -27,15 +29,6 @@ PAPER = {
 START_MARK = "<!-- training-results:start (scripts/write_results.py) -->"
 END_MARK = "<!-- training-results:end -->"
 HEADLINE = ("image_auroc", "pixel_auroc", "pixel_aupro")
-ALL_METRICS = (
-    "image_auroc",
-    "image_ap",
-    "image_f1max",
-    "pixel_auroc",
-    "pixel_ap",
-    "pixel_f1max",
-    "pixel_aupro",
-)
 
 
 def pct(value: float | None) -> str:
@@ -145,7 +138,7 @@ def render(
         if not name.startswith("synthetic/"):
             continue
         for source, values in report["metrics"].items():
-            rows.append([name, source, *(pct(values[key]) for key in ALL_METRICS)])
+            rows.append([name, source, *(pct(values[key]) for key in METRIC_KEYS)])
     lines += table(
         ["domain", "map", "I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO"], rows
     )

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from export.build import BundleOptions, build_bundle
+from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
 from export.samples import select_domains
 from model.checkpoint import load_checkpoint, save_model
 from model.config import PRESETS, UniMMADConfig
@@ -42,9 +43,17 @@ def tiny_export_config() -> UniMMADConfig:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_config() -> UniMMADConfig:
+    """`tiny_export_config()` as a fixture; test folders that need other sizes override it from this one."""
+    return tiny_export_config()
+
+
 def tiny_synthetic_source() -> SyntheticSource:
     """The synthetic domains at 64 px with a few samples each: 8 normal train, 3 + 3 test."""
-    sizes = SyntheticConfig(size=TINY_SIZE, train_per_domain=8, test_normal_per_domain=3, test_defective_per_domain=3)
+    sizes = SyntheticConfig(
+        size=TINY_SIZE, train_per_domain=8, test_normal_per_domain=3, test_defective_per_domain=3
+    )
     return SyntheticSource("synthetic", sizes)
 
 
@@ -63,7 +72,23 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     model, _ = load_checkpoint(tiny_checkpoint)
     domains = select_domains([tiny_synthetic_source()], None)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    options = BundleOptions(holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4)
+    options = BundleOptions(
+        holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4
+    )
+    build_bundle(model, domains, out, options)
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_mode_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` exported with the routing mode `tiny_bundle` does not use (two domains, to stay quick)."""
+    model, _ = load_checkpoint(tiny_checkpoint)
+    domains = select_domains([tiny_synthetic_source()], ["synthetic/parts", "synthetic/boards"])
+    mode = next(mode for mode in ROUTING_MODES if mode != DEFAULT_ROUTING_MODE)
+    options = BundleOptions(
+        **{f"holdout_{key}": value for key, value in TINY_HOLDOUT.items()}, batch_size=4, routing=mode
+    )
+    out = tmp_path_factory.mktemp("bundles") / f"tiny_{mode}"
     build_bundle(model, domains, out, options)
     return out
 

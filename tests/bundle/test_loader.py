@@ -75,6 +75,19 @@ def test_unknown_format_version(bundle_dir: Path) -> None:
             lambda m: m["domains"][RGB_DEPTH_DOMAIN]["heatmap_range"]["modalities"].pop("depth"),
             "heatmap_range",
         ),
+        (lambda m: m["domains"][RGB_DOMAIN]["routing"].update(mode="mean"), "routing.mode"),
+        (
+            lambda m: m["domains"][RGB_DOMAIN]["routing"]["leaders"][0].update(
+                experts=[1, 1], scores=[0.5, 0.5]
+            ),
+            "experts repeated",
+        ),
+        (
+            lambda m: m["domains"][RGB_DOMAIN]["routing"]["leaders"][0].update(
+                experts=[1, 2], scores=[1.0, 0.0]
+            ),
+            "greater than 0",
+        ),
     ],
 )
 def test_schema_violations(bundle_dir: Path, edit, where: str) -> None:

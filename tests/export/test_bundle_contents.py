@@ -10,9 +10,11 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+import torch
 
 from bundle.loader import BundleError, load_bundle
-from export.calibration import calibrate
+from export.calibration import DEFAULT_ROUTING_MODE, Calibration, calibrate, expected_weights, gate_tensors
+from export.routing import routing_from_weights
 from export.threshold import (
     MIN_HOLDOUT_IMAGES,
     NormalOutputs,
@@ -33,12 +35,19 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 def test_manifest_validates_against_the_schema(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
-    assert set(manifest["domains"]) == {"synthetic/tiles", "synthetic/parts", "synthetic/boards", "synthetic/brain"}
+    assert set(manifest["domains"]) == {
+        "synthetic/tiles",
+        "synthetic/parts",
+        "synthetic/boards",
+        "synthetic/brain",
+    }
     boards = manifest["domains"]["synthetic/boards"]
     assert [m["name"] for m in boards["modalities"]] == ["rgb", "infrared", "depth"]
-    # 3 slots x 3 levels x 3 branches, top-2 each, scores renormalised
+    # 3 slots x 3 levels x 3 branches, leader weights summing to 1 (at least top-2 of them)
+    assert boards["routing"]["mode"] == DEFAULT_ROUTING_MODE
     assert len(boards["routing"]["leaders"]) == 27
     assert all(abs(sum(gate["scores"]) - 1) < 1e-5 for gate in boards["routing"]["leaders"])
+    assert all(len(gate["experts"]) >= 2 for gate in boards["routing"]["leaders"])
 
 
 def test_thresholds_fall_back_to_training_normals_when_the_holdout_is_small(tiny_bundle: Path) -> None:
@@ -53,13 +62,15 @@ def test_thresholds_fall_back_to_training_normals_when_the_holdout_is_small(tiny
 def test_calibration_json_reports_agreement_per_gate(tiny_bundle: Path) -> None:
     report = json.loads((tiny_bundle / "calibration.json").read_text())
     tiles = report["synthetic/tiles"]
-    assert tiles["samples"] == 6 and 0 <= tiles["agreement"] <= 1
+    assert tiles["samples"] == 6 and 0 <= tiles["agreement"] <= 1 and tiles["mode"] == DEFAULT_ROUTING_MODE
     assert len(tiles["gates"]) == 9 and all(len(gate["mean_probs"]) == 6 for gate in tiles["gates"])
 
 
 def _normal_outputs(image_scores: np.ndarray, size: int = 4) -> NormalOutputs:
     n = image_scores.size
-    return NormalOutputs(image_scores, image_scores[:, None], np.zeros((n, size, size)), np.zeros((n, 1, size, size)))
+    return NormalOutputs(
+        image_scores, image_scores[:, None], np.zeros((n, size, size)), np.zeros((n, 1, size, size))
+    )
 
 
 def test_quantile_threshold_keeps_the_false_positive_rate() -> None:
@@ -100,13 +111,60 @@ def test_colour_range_starts_at_the_normal_baseline_and_survives_constant_maps()
 def test_calibration_freezes_the_top_k_of_the_mean_gate(tiny_export_model) -> None:
     import torch
 
-    images = [torch.randn(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) for seed in range(2)]
-    calibration = calibrate(tiny_export_model, images)
+    images = [
+        torch.randn(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) for seed in range(2)
+    ]
+    calibration = calibrate(tiny_export_model, images, "topk")
     assert calibration.samples == 4
     assert calibration.routing.idx.shape == (2, 3, 3, 2)
     expected = calibration.mean_probs.topk(2, dim=-1).indices
     assert torch.equal(calibration.routing.idx, expected)
     assert torch.allclose(calibration.routing.scores.sum(-1), torch.ones(2, 3, 3))
+
+
+def test_expected_routing_weights_are_the_mean_of_the_samples_routed_scores() -> None:
+    # One gate, 4 leaders, top-2, three samples: leader 3 is never picked.
+    idx = torch.tensor([[0, 1], [1, 2], [0, 1]])
+    scores = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]])
+    weights = expected_weights(idx, scores, leaders=4)
+    by_hand = torch.tensor([(0.6 + 0.5) / 3, (0.4 + 0.7 + 0.5) / 3, 0.3 / 3, 0.0])
+    assert torch.allclose(weights, by_hand)
+    # A second gate where all samples agree keeps only its two leaders; the routing pads it with a zero score.
+    routing = routing_from_weights(
+        torch.stack([weights, torch.tensor([0.0, 0.0, 0.25, 0.75])])[:, None, None]
+    )
+    assert routing.idx[0, 0, 0].tolist() == [1, 0, 2] and torch.allclose(
+        routing.scores[0, 0, 0], by_hand[[1, 0, 2]]
+    )
+    assert routing.idx[1, 0, 0, :2].tolist() == [3, 2] and routing.scores[1, 0, 0].tolist() == [
+        0.75,
+        0.25,
+        0.0,
+    ]
+    agreement = torch.ones(2, 1, 1)
+    gates = Calibration("expected", routing, torch.zeros(2, 1, 1, 4), agreement, 3).summary((3,))["gates"]
+    assert [gate["experts"] for gate in gates] == [[1, 0, 2], [3, 2]]  # zero-weight padding is not recorded
+
+
+def test_expected_calibration_averages_each_samples_own_routing(tiny_export_model) -> None:
+    import torch
+
+    images = [
+        torch.randn(3, 2, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) for seed in range(2)
+    ]
+    calibration = calibrate(tiny_export_model, images, "expected")
+    per_sample = []
+    for batch in images:
+        for sample in batch.split(1):
+            with torch.no_grad():
+                output = tiny_export_model(sample, kernel_mode="bank")
+            _, idx, scores = gate_tensors(output.routes, 1, 2)
+            dense = torch.zeros(*idx.shape[1:-1], 6).scatter_(-1, idx[0], scores[0])
+            per_sample.append(dense)
+    want = torch.stack(per_sample).mean(0)  # [M, L, nb, R]
+    got = torch.zeros_like(want).scatter_add_(-1, calibration.routing.idx, calibration.routing.scores)
+    assert calibration.samples == 6 and calibration.mode == "expected"
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -22,13 +22,24 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
 
 def test_missing_checkpoint_is_one_line_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "export", "bundle", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "b")],
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "bundle",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == f"error: checkpoint folder not found: {tmp_path / 'nope'}"
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"error: checkpoint folder not found: {tmp_path / 'nope'}"
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -42,15 +53,39 @@ def test_bad_target_fpr_is_an_argument_error(tmp_path: Path, capsys: pytest.Capt
 def test_verify_on_a_bundle_of_unknown_domains_fails_cleanly(
     tiny_bundle: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["verify", str(tiny_bundle), "--checkpoint", str(tiny_checkpoint), "--data", "synthetic",
-                 "--domains", "synthetic/nowhere"])
+    code = main(
+        [
+            "verify",
+            str(tiny_bundle),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            "synthetic",
+            "--domains",
+            "synthetic/nowhere",
+        ]
+    )
     assert code == 1
     assert "unknown domain(s) synthetic/nowhere" in capsys.readouterr().err
 
 
 def test_verify_report(tiny_bundle: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["verify", str(tiny_bundle), "--checkpoint", str(tiny_checkpoint), "--data", "synthetic",
-                 "--domains", "synthetic/tiles", "synthetic/parts", "--max-samples", "2", "--json"])
+    code = main(
+        [
+            "verify",
+            str(tiny_bundle),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            "synthetic",
+            "--domains",
+            "synthetic/tiles",
+            "synthetic/parts",
+            "--max-samples",
+            "2",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fold_max_abs_diff"] <= 1e-5

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from export.fold import fold_branch, kernel_banks
 from export.frozen import FrozenUniMMAD
-from export.routing import DomainRouting, forced_routing, slot_major_pairs
+from export.routing import DomainRouting, forced_routing, routing_from_weights, slot_major_pairs
 from export.slot_conv import SLOT_CONVS, slot_conv
 from model.cmoe import CMoE, ForcedRoute
 from model.unimmad import UniMMAD
@@ -16,12 +16,33 @@ from model.unimmad import UniMMAD
 FOLD_TOLERANCE = 1e-5
 
 
-def random_routing(slots: int, leaders: int, generator: torch.Generator, levels: int = 3, branches: int = 3) -> DomainRouting:
+def random_routing(
+    slots: int, leaders: int, generator: torch.Generator, levels: int = 3, branches: int = 3
+) -> DomainRouting:
     """Distinct random leaders per gate and random scores summing to 1."""
     gates = slots * levels * branches
     idx = torch.stack([torch.randperm(leaders, generator=generator)[:2] for _ in range(gates)])
     scores = torch.rand(gates, 2, generator=generator) + 0.1
-    return DomainRouting(idx.reshape(slots, levels, branches, 2), (scores / scores.sum(-1, keepdim=True)).reshape(slots, levels, branches, 2))
+    return DomainRouting(
+        idx.reshape(slots, levels, branches, 2),
+        (scores / scores.sum(-1, keepdim=True)).reshape(slots, levels, branches, 2),
+    )
+
+
+def mixed_routing(
+    slots: int, leaders: int, generator: torch.Generator, levels: int = 3, branches: int = 3
+) -> DomainRouting:
+    """An "expected"-style routing: each gate mixes a random subset (1 to all) of the leaders, weights summing to 1."""
+    weights = torch.rand(slots, levels, branches, leaders, generator=generator)
+    weights = weights * (torch.rand(weights.shape, generator=generator) < 0.6)
+    weights[..., 0] += 0.05  # no gate without a leader
+    routing = routing_from_weights(weights / weights.sum(-1, keepdim=True))
+    # wider than top-2, and some gates padded with zero-score leaders
+    assert routing.idx.shape[-1] > 2 and bool((routing.scores == 0).any())
+    return routing
+
+
+ROUTINGS = {"top2": random_routing, "mixed": mixed_routing}
 
 
 def test_folded_kernel_equals_fixed_plus_routed_plus_mixing_conv() -> None:
@@ -33,7 +54,9 @@ def test_folded_kernel_equals_fixed_plus_routed_plus_mixing_conv() -> None:
     idx, scores = torch.tensor([3, 1]), torch.tensor([0.7, 0.3])
     for branch, bank in zip(cmoe.MoEs, cmoe.expert_bases):
         with torch.no_grad():
-            reference, _ = branch(keys, None, bank, ForcedRoute(idx.expand(4, 2), scores.expand(4, 2)), "grouped")
+            reference, _ = branch(
+                keys, None, bank, ForcedRoute(idx.expand(4, 2), scores.expand(4, 2)), "grouped"
+            )
             kernel = fold_branch(branch, bank, idx, scores)
             folded = branch.post[1:](F.conv2d(branch.pre(keys), kernel, padding=branch.kernel_size // 2))
         assert kernel.shape == (8, 8, branch.kernel_size, branch.kernel_size)
@@ -58,15 +81,18 @@ def test_unknown_slot_conv_is_rejected() -> None:
         slot_conv(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1, 1), 1, "im2col")
 
 
-def test_frozen_network_matches_forced_routing_per_domain(tiny_export_model: UniMMAD) -> None:
+@pytest.mark.parametrize("kind", ROUTINGS)
+def test_frozen_network_matches_forced_routing_per_domain(tiny_export_model: UniMMAD, kind: str) -> None:
     generator = torch.Generator().manual_seed(3)
-    routings = [random_routing(2, 6, generator), random_routing(3, 6, generator)]
+    routings = [ROUTINGS[kind](2, 6, generator), ROUTINGS[kind](3, 6, generator)]
     frozen = FrozenUniMMAD(tiny_export_model, kernel_banks(tiny_export_model, routings)).eval()
     images = torch.randn(2, 3, 3, 64, 64, generator=generator)
     for domain, routing in enumerate(routings):
         slots = routing.slots
         with torch.no_grad():
-            reference = tiny_export_model(images[:, :slots], routing=forced_routing(routing, slot_major_pairs(2, slots)[1]))
+            reference = tiny_export_model(
+                images[:, :slots], routing=forced_routing(routing, slot_major_pairs(2, slots)[1])
+            )
             folded = frozen.network_output(images[:, :slots], torch.tensor([domain]))
         for want, got in zip(reference.predictions, folded.predictions):
             assert (want - got).abs().max() <= FOLD_TOLERANCE

@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_fold import random_routing
+from test_fold import mixed_routing, random_routing
 
 from bundle.loader import load_bundle
+from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
 from export.fold import kernel_banks
 from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
 from export.onnx_graph import OPSET, ExportError, check_graph, export_graph, external_data_files
@@ -29,13 +30,14 @@ def torch_maps(model: UniMMAD, images: torch.Tensor, routing=None) -> list[np.nd
         else:
             output = model(images, routing=forced_routing(routing, slot_major_pairs(*images.shape[:2])[1]))
         maps = anomaly_maps(output, model.config)
-    return [value.numpy() for value in (maps.fused, maps.per_modality, maps.image_score, maps.modality_scores)]
+    return [
+        value.numpy() for value in (maps.fused, maps.per_modality, maps.image_score, maps.modality_scores)
+    ]
 
 
 def test_domain_input_selects_that_domains_kernels(tiny_export_model: UniMMAD, tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(11)
-    routings = [random_routing(2, 6, generator), random_routing(2, 6, generator)]
-    assert not torch.equal(routings[0].idx, routings[1].idx)
+    routings = [random_routing(2, 6, generator), mixed_routing(2, 6, generator)]
     path = tmp_path / "frozen.onnx"
     frozen = FrozenUniMMAD(tiny_export_model, kernel_banks(tiny_export_model, routings))
     export_graph(frozen, (torch.zeros(2, 2, 3, 64, 64), torch.tensor([0])), path, with_domain=True)
@@ -51,8 +53,13 @@ def test_domain_input_selects_that_domains_kernels(tiny_export_model: UniMMAD, t
     assert np.abs(outputs[0][0] - outputs[1][0]).max() > 10 * PARITY_TOLERANCE
 
 
-def test_bundle_graphs_match_torch_for_every_domain(tiny_bundle: Path, tiny_checkpoint: Path) -> None:
-    bundle = load_bundle(tiny_bundle)
+@pytest.mark.parametrize("bundle_fixture", ["tiny_bundle", "other_mode_bundle"])
+def test_bundle_graphs_match_torch_for_every_domain(
+    bundle_fixture: str, tiny_checkpoint: Path, request: pytest.FixtureRequest
+) -> None:
+    bundle = load_bundle(request.getfixturevalue(bundle_fixture))
+    (mode,) = {spec.routing.mode for spec in bundle.manifest.domains.values()}
+    assert mode in ROUTING_MODES and (mode == DEFAULT_ROUTING_MODE) == (bundle_fixture == "tiny_bundle")
     model, _ = load_checkpoint(tiny_checkpoint)
     frozen = check_graph(bundle.graph("frozen").model)
     dynamic = check_graph(bundle.graph("dynamic").model)
@@ -60,10 +67,16 @@ def test_bundle_graphs_match_torch_for_every_domain(tiny_bundle: Path, tiny_chec
     for spec in bundle.manifest.domains.values():
         images = torch.randn(2, len(spec.modalities), 3, 64, 64, generator=generator)
         routing = routing_from_manifest(spec, model.config)
-        got_frozen = frozen.run(list(OUTPUT_NAMES), {"images": images.numpy(), "domain": np.array([spec.index])})
+        got_frozen = frozen.run(
+            list(OUTPUT_NAMES), {"images": images.numpy(), "domain": np.array([spec.index])}
+        )
         got_dynamic = dynamic.run(list(OUTPUT_NAMES), {"images": images.numpy()})
         for name, ort_frozen, ort_dynamic, want_frozen, want_dynamic in zip(
-            OUTPUT_NAMES, got_frozen, got_dynamic, torch_maps(model, images, routing), torch_maps(model, images)
+            OUTPUT_NAMES,
+            got_frozen,
+            got_dynamic,
+            torch_maps(model, images, routing),
+            torch_maps(model, images),
         ):
             assert ort_frozen.shape == want_frozen.shape
             assert np.abs(ort_frozen - want_frozen).max() <= PARITY_TOLERANCE, name

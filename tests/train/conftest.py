@@ -1,34 +1,19 @@
-"""Fixtures of the training tests: a tiny UniMMAD config (32 px, random trunks) and tiny synthetic data."""
+"""Fixtures of the training tests: the tiny UniMMAD config of tests/conftest.py at 32 px, and tiny synthetic data."""
 
 from __future__ import annotations
 
 import pytest
 
-from model.config import PRESETS, UniMMADConfig
+from model.config import UniMMADConfig
 from model.data import SyntheticConfig
 
 TINY_SIZE = 32
 
 
 @pytest.fixture(scope="session")
-def tiny_config() -> UniMMADConfig:
-    return PRESETS["lite"].replace(
-        preset="tiny",
-        image_size=TINY_SIZE,
-        prior_weights=None,
-        encoder_weights=None,
-        stem_widths=(4, 8),
-        fcm_width=16,
-        fcm_branch_width=5,
-        code_channels=32,
-        decoder_planes=(8, 4, 2),
-        decoder_blocks=(1, 1, 1),
-        moe_width=8,
-        base_experts=3,
-        leaders=6,
-        batch_size=4,
-        epochs=2,
-    )
+def tiny_config(tiny_config: UniMMADConfig) -> UniMMADConfig:
+    """The shared tiny config at 32 px with batches of 4 and two epochs, so whole training runs take seconds."""
+    return tiny_config.replace(image_size=TINY_SIZE, batch_size=4, epochs=2)
 
 
 @pytest.fixture(scope="session")
