@@ -55,8 +55,9 @@ class InferenceEngine:
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.log_severity_level = 3
-        # Idle intra-op threads would otherwise spin between requests and take CPU from the HTTP side.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
+        )
         providers = choose_providers(settings.providers, require_gpu=settings.require_gpu)
         try:
             self.session = ort.InferenceSession(str(graph.model), sess_options=options, providers=providers)

@@ -25,8 +25,19 @@ class Settings(BaseSettings):
     )
     require_gpu: bool = Field(default=False, description="refuse to start without the CUDA provider")
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT decide")
+    intra_op_spinning: bool = Field(
+        default=False,
+        description="let idle ORT intra-op threads spin: lower latency per batch, but they burn CPU the HTTP "
+        "side needs when cores are few",
+    )
     max_batch_size: int = Field(default=8, ge=1, le=256)
-    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    max_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="how long the first request of a batch waits for companions; with 0, a batch is what "
+        "queued while the previous one ran",
+    )
     queue_size: int = Field(default=64, ge=1, description="requests admitted but not yet running")
     max_in_flight: int | None = Field(
         default=None,
