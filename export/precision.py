@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import TopologicalSortPass
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from export.onnx_graph import external_data_files
@@ -18,5 +20,7 @@ def convert_to_fp16(path: Path) -> None:
     model = onnx.load(str(path))
     for data in external_data_files(path):
         data.unlink()
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(path), save_as_external_data=True, location=f"{path.name}.data")
+    converted = ir.from_proto(convert_float_to_float16(model, keep_io_types=True))
+    # The converter appends the float32 -> float16 casts of the inputs after the nodes that read them.
+    TopologicalSortPass()(converted)
+    onnx.save(ir.to_proto(converted), str(path), save_as_external_data=True, location=f"{path.name}.data")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 from export.__main__ import main
@@ -96,3 +97,27 @@ def test_verify_report(tiny_bundle: Path, tiny_checkpoint: Path, capsys: pytest.
     for metric in ("image_auroc", "pixel_auroc"):
         entry = parts[metric]
         assert entry["difference"] == pytest.approx(entry["per_sample"] - entry["frozen"])
+
+
+def test_fp16_bundle_stays_close_to_the_float32_model(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fp16"
+    domains = [
+        "--data",
+        "synthetic",
+        "--domains",
+        "synthetic/tiles",
+        "synthetic/boards",
+        "--max-samples",
+        "6",
+    ]
+    assert main(["bundle", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--fp16", *domains]) == 0
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    initializer_types = {tensor.data_type for tensor in graph.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in initializer_types
+    capsys.readouterr()
+    assert main(["verify", str(out), "--checkpoint", str(tiny_checkpoint), *domains, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    scores = [report["onnxruntime_max_abs_diff"][graph]["image_score"] for graph in ("frozen", "dynamic")]
+    assert max(scores) <= 1e-2
