@@ -17,11 +17,22 @@ from service.logs import configure_logging
 from service.settings import Settings
 
 
+def settings_help() -> str:
+    """One line per setting: its environment variable, default and meaning."""
+    lines = ["settings (environment variables; the options above override them):"]
+    for name, field in Settings.model_fields.items():
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        about = f": {field.description}" if field.description else ""
+        lines.append(f"  UNIMMAD_{name.upper()} ({default}){about}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m service",
-        description="Serve a UniMMAD bundle. Every option also reads UNIMMAD_<NAME> from the environment "
-        "(e.g. UNIMMAD_MAX_BATCH_SIZE, UNIMMAD_API_KEY).",
+        description="Serve a UniMMAD bundle. Every setting also reads UNIMMAD_<NAME> from the environment.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--bundle", type=Path, help="bundle folder (UNIMMAD_BUNDLE)")
     parser.add_argument("--host", help="interface to bind (UNIMMAD_HOST, default 127.0.0.1)")

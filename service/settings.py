@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         description="let idle ORT intra-op threads spin: lower latency per batch, but they burn CPU the HTTP "
         "side needs when cores are few",
     )
-    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="samples of one domain per ORT run")
     max_batch_wait_ms: float = Field(
         default=0.0,
         ge=0,
@@ -45,16 +45,20 @@ class Settings(BaseSettings):
         description="POST /detect requests handled at once, counted before the body is read; more get 503. "
         "Default: queue_size + max_batch_size",
     )
-    request_timeout_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request still waiting for its result after this gets 504"
+    )
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(default=40_000_000, ge=1, description="per decoded image")
     api_key: SecretStr | None = Field(
-        default=None, description="when set, required on every route but health"
+        default=None, description="when set, required on every route but /healthz, /readyz and /metrics"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "text"
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log threshold"
+    )
+    log_format: Literal["json", "text"] = Field(default="text", description="json: one object per line")
+    host: str = Field(default="127.0.0.1", description="interface to bind")
+    port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
 
     @property
     def detect_in_flight_limit(self) -> int:

@@ -13,6 +13,7 @@ from service_helpers import RGB_DOMAIN, copy_bundle, make_settings, rewrite_mani
 from bundle import BundleError, file_sha256
 from service import create_app
 from service.inference import load_engine
+from service.settings import Settings
 
 REPO = Path(__file__).parents[2]
 KEY = "s3cret-key"
@@ -94,6 +95,9 @@ def test_cli_bad_bundle_exits_with_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().startswith("error: bundle folder") and "\n" not in result.stderr.strip()
 
 
-def test_cli_help() -> None:
+def test_cli_help_lists_every_setting_with_its_default() -> None:
     result = _cli("--help")
-    assert result.returncode == 0 and "UNIMMAD_" in result.stdout
+    assert result.returncode == 0
+    for name in Settings.model_fields:
+        assert f"UNIMMAD_{name.upper()} (" in result.stdout
+    assert "UNIMMAD_MAX_BATCH_SIZE (default 8)" in result.stdout
