@@ -159,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format='{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "message": "%(message)s"}',
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # The exporter's optimiser logs every folded constant and rewritten slice at INFO.
+        for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         report = run(args)
     except (ValueError, BundleError, ExportError, OSError, KeyError) as error:

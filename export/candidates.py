@@ -1,6 +1,6 @@
 """Measure the slot-conv candidates (export.slot_conv) inside the whole frozen graph of a preset.
 
-    python -m export.candidates [--preset lite] [--json]
+    python -m export.candidates [--preset lite] [--min-seconds 2]   (prints JSON)
 
 For every candidate: export the frozen graph of a random-init model of the preset with two domains
 (the weights do not change the cost), then time onnxruntime at batch 1 and 8 with 1 and 3 modalities.

@@ -142,9 +142,9 @@ def main() -> int:
     parser.add_argument("--bundle", default="bundles/demo", help="bundle directory (default: bundles/demo)")
     parser.add_argument("--out", default="demo_out", help="where heatmaps and reports go (default: demo_out)")
     parser.add_argument(
-        "--epochs", type=int, default=10, help="training epochs (default: 10, about 4 min on 2 cores)"
+        "--epochs", type=int, default=20, help="training epochs (default: 20, about 7 min on 2 cores)"
     )
-    parser.add_argument("--minutes", type=float, default=6.0, help="training wall-clock cap (default: 6)")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock cap (default: 8)")
     parser.add_argument(
         "--serve-python", default=sys.executable, help="python of the torch-free serving venv"
     )
