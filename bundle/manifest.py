@@ -205,6 +205,9 @@ class HeatmapRanges(_Strict):
     modalities: dict[str, ColourRange]
 
 
+GraphKind = Literal["frozen", "dynamic"]
+
+
 class DomainSpec(_Strict):
     index: int = Field(ge=0, description="value of the frozen graph's `domain` input")
     modalities: list[ModalityEntry] = Field(min_length=1, max_length=MAX_MODALITIES)
@@ -215,6 +218,12 @@ class DomainSpec(_Strict):
     )
     loss_weight: float | None = Field(default=None, ge=0)
     routing: RoutingSummary = Field(default_factory=RoutingSummary)
+    graph: GraphKind = Field(
+        default="frozen",
+        description="the graph that serves this domain: 'dynamic' (per-sample routing) where `export verify "
+        "--fallback` measured the frozen routing over its accuracy budget; threshold and heatmap_range are "
+        "those of this graph",
+    )
 
     @model_validator(mode="after")
     def _consistent_modalities(self) -> DomainSpec:

@@ -11,12 +11,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from bundle.loader import BundleError
 from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
 from export.onnx_graph import ExportError
 from export.threshold import DEFAULT_TARGET_FPR
+from export.verify import IMAGE_AUROC_GOAL, PIXEL_AUROC_GOAL
 
 logger = logging.getLogger("export")
 
@@ -82,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(verify)
     _add_data(verify)
     verify.add_argument(
+        "--max-image-loss",
+        type=float,
+        default=100 * IMAGE_AUROC_GOAL,
+        help=f"image AUROC points frozen routing may cost a domain (default {100 * IMAGE_AUROC_GOAL:g})",
+    )
+    verify.add_argument(
+        "--max-pixel-loss",
+        type=float,
+        default=100 * PIXEL_AUROC_GOAL,
+        help=f"pixel AUROC points frozen routing may cost a domain (default {100 * PIXEL_AUROC_GOAL:g})",
+    )
+    verify.add_argument(
+        "--fallback",
+        action="store_true",
+        help="write the result into the manifest: domains over a budget are served by the per-sample "
+        "(dynamic) graph, with threshold and heatmap ranges recomputed from it; the others by the frozen one",
+    )
+    verify.add_argument(
         "--json", action="store_true", help="print the report as JSON (default: indented summary)"
     )
 
@@ -123,6 +143,7 @@ def _domains(args: argparse.Namespace, run_config: dict) -> list:
 def run(args: argparse.Namespace) -> dict | None:
     from export.bench import bench
     from export.build import BundleOptions, build_bundle, run_holdout
+    from export.fallback import apply_fallback
     from export.verify import verify
     from model.checkpoint import load_checkpoint
 
@@ -130,15 +151,20 @@ def run(args: argparse.Namespace) -> dict | None:
     if args.command == "bench":
         return bench(args.bundle, model, args.domain, args.min_seconds)
     domains = _domains(args, run_config)
-    if args.command == "verify":
-        return verify(args.bundle, model, domains, args.batch_size)
     fraction, seed, holdout_ids = run_holdout(run_config)
     options = BundleOptions(
+        holdout_fraction=fraction, holdout_seed=seed, holdout_ids=holdout_ids, batch_size=args.batch_size
+    )
+    if args.command == "verify":
+        report = verify(
+            args.bundle, model, domains, args.batch_size, args.max_image_loss / 100, args.max_pixel_loss / 100
+        )
+        if args.fallback:
+            report["served_by"] = apply_fallback(args.bundle, report, model, domains, options)
+        return report
+    options = replace(
+        options,
         target_fpr=args.target_fpr,
-        holdout_fraction=fraction,
-        holdout_seed=seed,
-        holdout_ids=holdout_ids,
-        batch_size=args.batch_size,
         fp16=args.fp16,
         routing=args.routing,
         model_version=args.model_version or args.checkpoint.resolve().name,

@@ -88,7 +88,7 @@ def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]
     return split_holdout(refs, options.holdout_fraction, options.holdout_seed)
 
 
-def frozen_outputs(
+def graph_outputs(
     session: ort.InferenceSession,
     data: DomainData,
     refs: Sequence,
@@ -96,17 +96,35 @@ def frozen_outputs(
     model: UniMMAD,
     batch_size: int,
 ) -> NormalOutputs:
-    """Scores and maps of `refs` from the frozen ONNX graph, the one the service runs."""
+    """Scores and maps of `refs` from a bundle graph (the frozen one gets the domain `index`)."""
     names = ["image_score", "modality_scores", "anomaly_map", "modality_maps"]
-    runs = [
-        session.run(names, {"images": batch.images.numpy(), "domain": np.array([index])})
-        for batch in batches(data, refs, model.config, batch_size)
-    ]
+    takes_domain = any(value.name == "domain" for value in session.get_inputs())
+    runs = []
+    for batch in batches(data, refs, model.config, batch_size):
+        feeds = {"images": batch.images.numpy()}
+        if takes_domain:
+            feeds["domain"] = np.array([index])
+        runs.append(session.run(names, feeds))
     if not runs:  # nothing held out: empty outputs, so the caller falls back to the training normals
         size, slots = model.config.image_size, len(data.domain.modalities)
         shapes = ((0,), (0, slots), (0, size, size), (0, slots, size, size))
         return NormalOutputs(*(np.zeros(shape, dtype=np.float32) for shape in shapes))
     return NormalOutputs(*(np.concatenate([run[i] for run in runs]) for i in range(len(names))))
+
+
+def domain_threshold(
+    session: ort.InferenceSession, data: DomainData, index: int, model: UniMMAD, options: BundleOptions
+) -> tuple[Threshold, dict]:
+    """The decision threshold and heatmap colour ranges of one domain, from `session`'s outputs on the
+    held-out normal images (the training normals when too few were held out)."""
+    calibration_refs, holdout = split_normals(data, options)
+    split_name = f"holdout(fraction={options.holdout_fraction}, seed={options.holdout_seed})"
+    outputs = partial(graph_outputs, session, data, index=index, model=model, batch_size=options.batch_size)
+    normals, split = choose_normals(outputs(holdout), partial(outputs, calibration_refs), split_name)
+    names = [spec.name for spec in data.domain.modalities]
+    return choose_threshold(normals, options.target_fpr, split), heatmap_ranges(
+        normals, names, options.target_fpr
+    )
 
 
 def build_bundle(
@@ -116,16 +134,13 @@ def build_bundle(
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
-    split_name = f"holdout(fraction={options.holdout_fraction}, seed={options.holdout_seed})"
     calibrations: list[Calibration] = []
-    splits = []
     for data in tqdm(domains, desc="calibrating routing", unit="domain"):
-        train, holdout = split_normals(data, options)
+        train, _ = split_normals(data, options)
         if not train:
             raise ValueError(f"domain {data.name} has no normal training samples to calibrate its routing")
         images = (batch.images for batch in batches(data, train, config, options.batch_size))
         calibrations.append(calibrate(model, images, options.routing))
-        splits.append((train, holdout))
         logger.info(
             "domain %s: %s routing, agreement %.3f over %d samples",
             data.name,
@@ -151,16 +166,10 @@ def build_bundle(
 
     thresholds: list[Threshold] = []
     ranges: list[dict] = []
-    for index, (data, (train, holdout)) in enumerate(
-        tqdm(list(zip(domains, splits)), desc="thresholds", unit="domain")
-    ):
-        outputs = partial(
-            frozen_outputs, session, data, index=index, model=model, batch_size=options.batch_size
-        )
-        normals, split = choose_normals(outputs(holdout), partial(outputs, train), split_name)
-        thresholds.append(choose_threshold(normals, options.target_fpr, split))
-        names = [spec.name for spec in data.domain.modalities]
-        ranges.append(heatmap_ranges(normals, names, options.target_fpr))
+    for index, data in enumerate(tqdm(domains, desc="thresholds", unit="domain")):
+        threshold, colour_range = domain_threshold(session, data, index, model, options)
+        thresholds.append(threshold)
+        ranges.append(colour_range)
     manifest = make_manifest(model, domains, calibrations, thresholds, ranges, out, options)
     (out / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
     calibration_report = {
@@ -192,12 +201,7 @@ def make_manifest(
             "index": index,
             "modalities": [spec.to_dict() for spec in data.domain.modalities],
             "threshold": threshold.value,
-            "threshold_method": {
-                "method": threshold.method,
-                "target_fpr": threshold.target_fpr,
-                "n_images": threshold.n_images,
-                "split": threshold.split,
-            },
+            "threshold_method": threshold.method_entry(),
             "heatmap_range": heatmap_range,
             "loss_weight": data.domain.loss_weight,
             "routing": {

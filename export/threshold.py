@@ -36,6 +36,15 @@ class Threshold:
     n_images: int
     split: str
 
+    def method_entry(self) -> dict:
+        """The manifest's ``threshold_method`` of this threshold."""
+        return {
+            "method": self.method,
+            "target_fpr": self.target_fpr,
+            "n_images": self.n_images,
+            "split": self.split,
+        }
+
 
 @dataclass(frozen=True)
 class NormalOutputs:

@@ -76,9 +76,17 @@ def check_bundle_matches(bundle: Bundle, model: UniMMAD, domains: Sequence[Domai
 
 @torch.no_grad()
 def verify(
-    bundle_path: Path, model: UniMMAD, domains: Sequence[DomainData], batch_size: int = 8
+    bundle_path: Path,
+    model: UniMMAD,
+    domains: Sequence[DomainData],
+    batch_size: int = 8,
+    image_goal: float = IMAGE_AUROC_GOAL,
+    pixel_goal: float = PIXEL_AUROC_GOAL,
 ) -> dict[str, Any]:
-    """The verification report of the bundle at `bundle_path` against `model` on the test split of `domains`."""
+    """The verification report of the bundle at `bundle_path` against `model` on the test split of `domains`.
+
+    image_goal, pixel_goal: the largest AUROC loss (as a fraction) frozen routing may cost a domain.
+    """
     bundle = load_bundle(bundle_path)
     check_bundle_matches(bundle, model, domains)
     manifest = bundle.manifest
@@ -145,14 +153,14 @@ def verify(
             "image_auroc": _auroc_entry(
                 auroc(values["ps_score"], values["labels"]),
                 auroc(values["fz_score"], values["labels"]),
-                IMAGE_AUROC_GOAL,
+                image_goal,
             ),
-            "pixel_auroc": _auroc_entry(*pixel, PIXEL_AUROC_GOAL),
+            "pixel_auroc": _auroc_entry(*pixel, pixel_goal),
         }
     return {
         "bundle": str(bundle.root),
         "fold_max_abs_diff": fold_diff,
         "onnxruntime_max_abs_diff": ort_diff,
-        "goals": {"image_auroc_loss_max": IMAGE_AUROC_GOAL, "pixel_auroc_loss_max": PIXEL_AUROC_GOAL},
+        "goals": {"image_auroc_loss_max": image_goal, "pixel_auroc_loss_max": pixel_goal},
         "domains": report_domains,
     }

@@ -35,7 +35,7 @@ def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics
             "model_version": manifest.model_version,
             "preset": manifest.preset,
             "format_version": str(manifest.format_version),
-            "graph": engine.graph_kind,
+            "graphs": ",".join(sorted(engine.sessions)),
             "provider": engine.provider,
         }
     )

@@ -46,12 +46,17 @@ def choose_providers(requested: list[str], *, require_gpu: bool) -> list[str]:
 
 
 class InferenceEngine:
-    """One ORT session over the bundle's chosen graph, run on one dedicated worker thread."""
+    """The bundle's ORT sessions (frozen and/or dynamic graph, as the domains need), run on one worker thread."""
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
-        graph = bundle.graph(settings.graph)
         self.bundle = bundle
-        self.graph_kind = settings.graph
+        self.graph_of = {
+            name: spec.graph if settings.graph == "manifest" else settings.graph
+            for name, spec in bundle.manifest.domains.items()
+        }
+        self._graph_by_index = {
+            spec.index: self.graph_of[name] for name, spec in bundle.manifest.domains.items()
+        }
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.intra_op_threads
         options.log_severity_level = 3
@@ -59,35 +64,42 @@ class InferenceEngine:
             "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
         )
         providers = choose_providers(settings.providers, require_gpu=settings.require_gpu)
+        self.sessions = {
+            kind: self._open(kind, options, providers) for kind in sorted(set(self.graph_of.values()))
+        }
+        self.provider = next(iter(self.sessions.values())).get_providers()[0]
+        if settings.require_gpu and self.provider != CUDA_PROVIDER:
+            raise BundleError(f"require_gpu is set but the session runs on {self.provider}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        log.info(
+            "onnxruntime sessions ready", extra={"provider": self.provider, "graphs": sorted(self.sessions)}
+        )
+
+    def _open(self, kind: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+        """An ORT session over the bundle's `kind` graph whose inputs and outputs match the contract."""
+        graph = self.bundle.graph(kind)
         try:
-            self.session = ort.InferenceSession(str(graph.model), sess_options=options, providers=providers)
+            session = ort.InferenceSession(str(graph.model), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 -- ORT raises private types for a corrupt or incompatible graph
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"onnxruntime cannot load {graph.model.name}: {first_line}") from None
-        self.provider = self.session.get_providers()[0]
-        if settings.require_gpu and self.provider != CUDA_PROVIDER:
-            raise BundleError(f"require_gpu is set but the session runs on {self.provider}")
-        self._check_contract()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
-        log.info("onnxruntime session ready", extra={"provider": self.provider, "graph": graph.model.name})
-
-    def _check_contract(self) -> None:
-        inputs = {i.name for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
-        needed_inputs = {"images", "domain"} if self.graph_kind == "frozen" else {"images"}
+        inputs = {i.name for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        needed_inputs = {"images", "domain"} if kind == "frozen" else {"images"}
         if not needed_inputs <= inputs or not set(OUTPUT_NAMES) <= outputs:
             raise BundleError(
-                f"the {self.graph_kind} graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+                f"the {kind} graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
                 f"expected inputs {sorted(needed_inputs)} and outputs {sorted(OUTPUT_NAMES)}"
             )
-        self._takes_domain = "domain" in inputs
+        return session
 
     def run(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
-        """``images`` float32 ``[B, M, 3, S, S]`` of one domain -> the four graph outputs."""
+        """``images`` float32 ``[B, M, 3, S, S]`` of one domain -> the four outputs of the domain's graph."""
+        kind = self._graph_by_index[domain_index]
         feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
-        if self._takes_domain:
+        if kind == "frozen":
             feeds["domain"] = np.array([domain_index], dtype=np.int64)
-        return BatchOutputs(*self.session.run(list(OUTPUT_NAMES), feeds))
+        return BatchOutputs(*self.sessions[kind].run(list(OUTPUT_NAMES), feeds))
 
     async def run_async(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
         return await asyncio.get_running_loop().run_in_executor(

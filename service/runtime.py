@@ -28,13 +28,14 @@ class Runtime:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def warmup_shapes(self) -> list[tuple[int, int, int]]:
-        """``(domain index, batch size, modality count)`` covering every input shape the batcher can send."""
-        by_count: dict[int, int] = {}
-        for spec in self.bundle.manifest.domains.values():
-            by_count.setdefault(len(spec.modalities), spec.index)
+        """``(domain index, batch size, modality count)`` covering every input shape the batcher can send
+        to every graph in use (one domain stands for all domains of its modality count and graph)."""
+        representative: dict[tuple[int, str], int] = {}
+        for name, spec in self.bundle.manifest.domains.items():
+            representative.setdefault((len(spec.modalities), self.engine.graph_of[name]), spec.index)
         return [
             (index, batch, count)
-            for count, index in sorted(by_count.items())
+            for (count, _), index in sorted(representative.items())
             for batch in range(1, self.settings.max_batch_size + 1)
         ]
 

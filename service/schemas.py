@@ -83,6 +83,10 @@ class DomainInfo(BaseModel):
     threshold_method: ThresholdMethod
     image_score_reduction: str = Field(examples=["top_fraction_mean"])
     routing: RoutingSummary
+    graph: Literal["frozen", "dynamic"] = Field(
+        description="the graph serving this domain: frozen routing, or per-sample routing where the frozen "
+        "routing missed its accuracy budget (or the service was told to)"
+    )
 
 
 class DomainsResponse(BaseModel):
@@ -97,7 +101,9 @@ class ModelInfo(BaseModel):
     format_version: int
     created_at: str
     input_size: int = Field(examples=[256])
-    graph: Literal["frozen", "dynamic"]
+    graphs: list[Literal["frozen", "dynamic"]] = Field(
+        description="the bundle graphs this service runs (see each domain's `graph` in GET /domains)"
+    )
     provider: str = Field(examples=["CPUExecutionProvider"])
     domains: list[str]
     versions: dict[str, str | int | None]

@@ -16,9 +16,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIMMAD_", extra="ignore")
 
     bundle: Path = Field(description="bundle folder written by `python -m export bundle`")
-    graph: Literal["frozen", "dynamic"] = Field(
-        default="frozen",
-        description="which graph of the bundle to serve; `dynamic` is the per-sample reference",
+    graph: Literal["manifest", "frozen", "dynamic"] = Field(
+        default="manifest",
+        description="which graph serves each domain: `manifest` = the domain's own choice (frozen unless "
+        "`export verify --fallback` moved it to per-sample routing); `frozen` or `dynamic` = every domain",
     )
     providers: list[str] = Field(
         default=[CUDA_PROVIDER, CPU_PROVIDER], description="ORT providers in order of preference"

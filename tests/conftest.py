@@ -57,6 +57,19 @@ def tiny_synthetic_source() -> SyntheticSource:
     return SyntheticSource("synthetic", sizes)
 
 
+def tiny_bundle_options(**changes) -> BundleOptions:
+    """The export options of the tiny bundles: the checkpoint's holdout, batches of 4."""
+    return BundleOptions(
+        holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4, **changes
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_export_setup() -> tuple[SyntheticSource, BundleOptions]:
+    """The data source and export options the tiny bundles were built from."""
+    return tiny_synthetic_source(), tiny_bundle_options()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """runs/tiny: config.json + model.safetensors of a random-init tiny model (random prior saved with it)."""
@@ -72,10 +85,7 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     model, _ = load_checkpoint(tiny_checkpoint)
     domains = select_domains([tiny_synthetic_source()], None)
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    options = BundleOptions(
-        holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4
-    )
-    build_bundle(model, domains, out, options)
+    build_bundle(model, domains, out, tiny_bundle_options())
     return out
 
 
@@ -85,11 +95,8 @@ def other_mode_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     model, _ = load_checkpoint(tiny_checkpoint)
     domains = select_domains([tiny_synthetic_source()], ["synthetic/parts", "synthetic/boards"])
     mode = next(mode for mode in ROUTING_MODES if mode != DEFAULT_ROUTING_MODE)
-    options = BundleOptions(
-        **{f"holdout_{key}": value for key, value in TINY_HOLDOUT.items()}, batch_size=4, routing=mode
-    )
     out = tmp_path_factory.mktemp("bundles") / f"tiny_{mode}"
-    build_bundle(model, domains, out, options)
+    build_bundle(model, domains, out, tiny_bundle_options(routing=mode))
     return out
 
 

@@ -9,7 +9,8 @@ router = APIRouter()
 
 @router.get("/domains", response_model=DomainsResponse, summary="Domains with modalities and thresholds")
 async def list_domains(request: Request) -> DomainsResponse:
-    manifest = request.app.state.runtime.bundle.manifest
+    runtime = request.app.state.runtime
+    manifest = runtime.bundle.manifest
     return DomainsResponse(
         domains=[
             DomainInfo(
@@ -20,6 +21,7 @@ async def list_domains(request: Request) -> DomainsResponse:
                 threshold_method=spec.threshold_method,
                 image_score_reduction=manifest.image_score.reduction,
                 routing=spec.routing,
+                graph=runtime.engine.graph_of[name],
             )
             for name, spec in sorted(manifest.domains.items(), key=lambda item: item[1].index)
         ]

@@ -17,7 +17,7 @@ async def model_info(request: Request) -> ModelInfo:
         format_version=manifest.format_version,
         created_at=manifest.created_at.isoformat(),
         input_size=manifest.input_size,
-        graph=runtime.engine.graph_kind,
+        graphs=sorted(runtime.engine.sessions),
         provider=runtime.engine.provider,
         domains=list(manifest.domains),
         versions=manifest.versions.model_dump(),

@@ -25,7 +25,8 @@ def _log_records(service: LiveService) -> list[dict]:
 def test_the_served_bundle_warmed_up_every_shape_before_ready(served: LiveService, tiny_bundle: Path) -> None:
     manifest = load_bundle(tiny_bundle).manifest
     records = {record["message"]: record for record in _log_records(served)}
-    assert records["onnxruntime session ready"]["provider"] == "CPUExecutionProvider"
+    assert records["onnxruntime sessions ready"]["provider"] == "CPUExecutionProvider"
+    assert records["onnxruntime sessions ready"]["graphs"] == ["frozen"]
     modality_counts = {len(spec.modalities) for spec in manifest.domains.values()}
     max_batch = Settings.model_fields["max_batch_size"].default
     assert records["warm-up done"]["shapes"] == len(modality_counts) * max_batch

@@ -16,7 +16,9 @@ from service_helpers import (
     RGB_DEPTH_DOMAIN,
     RGB_DOMAIN,
     RGB_INFRARED_DEPTH_DOMAIN,
+    copy_bundle,
     make_settings,
+    rewrite_manifest,
     uploads,
     wait_ready,
 )
@@ -98,11 +100,31 @@ def test_dynamic_graph_serves_the_same_as_its_bare_session(tiny_bundle: Path) ->
     files = uploads(RGB_INFRARED_DEPTH_DOMAIN, index=2)
     with TestClient(create_app(make_settings(tiny_bundle, graph="dynamic"))) as client:
         wait_ready(client)
-        assert client.get("/model").json()["graph"] == "dynamic"
+        assert client.get("/model").json()["graphs"] == ["dynamic"]
         body = client.post("/detect", data={"domain": RGB_INFRARED_DEPTH_DOMAIN}, files=files).json()
     score, modality_scores = _reference_scores(tiny_bundle, "dynamic", RGB_INFRARED_DEPTH_DOMAIN, files)
     assert body["image_score"] == pytest.approx(score, rel=1e-5, abs=1e-6)
     assert list(body["modality_scores"].values()) == pytest.approx(modality_scores, rel=1e-5, abs=1e-6)
+
+
+def test_a_domain_the_manifest_moves_to_the_dynamic_graph_is_served_by_it(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path / "mixed")
+    rewrite_manifest(bundle, lambda m: m["domains"][RGB_INFRARED_DEPTH_DOMAIN].update(graph="dynamic"))
+    files = {domain: uploads(domain, index=3) for domain in (RGB_INFRARED_DEPTH_DOMAIN, RGB_DEPTH_DOMAIN)}
+    with TestClient(create_app(make_settings(bundle))) as client:
+        wait_ready(client)
+        assert client.get("/model").json()["graphs"] == ["dynamic", "frozen"]
+        graphs = {d["name"]: d["graph"] for d in client.get("/domains").json()["domains"]}
+        bodies = {
+            domain: client.post("/detect", data={"domain": domain}, files=sent).json()
+            for domain, sent in files.items()
+        }
+    assert graphs[RGB_INFRARED_DEPTH_DOMAIN] == "dynamic" and graphs[RGB_DEPTH_DOMAIN] == "frozen"
+    for domain, graph in ((RGB_INFRARED_DEPTH_DOMAIN, "dynamic"), (RGB_DEPTH_DOMAIN, "frozen")):
+        score, _ = _reference_scores(tiny_bundle, graph, domain, files[domain])
+        assert bodies[domain]["image_score"] == pytest.approx(score, rel=1e-5, abs=1e-6)
 
 
 def test_each_domain_runs_with_its_own_index(client, manifest: Manifest) -> None:
@@ -150,7 +172,8 @@ def test_domains_and_model_routes(client, manifest: Manifest) -> None:
     assert parts["routing"]["agreement"] == manifest.domains[RGB_DEPTH_DOMAIN].routing.agreement
     model = client.get("/model").json()
     assert model["provider"] == "CPUExecutionProvider"
-    assert model["graph"] == "frozen" and model["input_size"] == manifest.input_size
+    assert model["graphs"] == ["frozen"] and model["input_size"] == manifest.input_size
+    assert {d["graph"] for d in domains} == {"frozen"}
 
 
 def test_health_and_metrics(client) -> None:
@@ -165,7 +188,7 @@ def test_health_and_metrics(client) -> None:
     )
     for stage in ("decode", "preprocess", "queue", "infer", "postprocess"):
         assert f'unimmad_inference_duration_seconds_count{{stage="{stage}"}} 1.0' in text
-    assert 'unimmad_model_info{format_version="1",graph="frozen"' in text
+    assert 'unimmad_model_info{format_version="1",graphs="frozen"' in text
     assert "unimmad_queue_depth 0.0" in text
 
 
