@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(bench)
     bench.add_argument("--domain", help="domain whose modality count is benchmarked (default: the first)")
     bench.add_argument(
-        "--min-seconds", type=float, default=2.0, help="time each measurement at least this long"
+        "--min-seconds",
+        type=float,
+        default=5.0,
+        help="time each contender at least this long, in 5 alternating turns (default 5)",
     )
     bench.add_argument(
         "--json", action="store_true", help="print the report as JSON (default: indented summary)"

@@ -103,6 +103,8 @@ def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> li
     ) as service:
         print(f"--- service ready at {service.url} (log: {log_path})", flush=True)
         with httpx.Client() as client:
+            domains = client.get(f"{service.url}/domains", timeout=30.0).json()["domains"]
+            graph_of = {domain["name"]: domain["graph"] for domain in domains}
             for sample in pick_demo_samples(source):
                 result, latency_ms = detect(client, service.url, sample)
                 save_heatmaps(result, sample, heatmap_dir)
@@ -110,6 +112,7 @@ def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> li
                     {
                         "sample": sample.id,
                         "modalities": "+".join(sample.modalities),
+                        "graph": graph_of[sample.domain],
                         "truth": "defect in " + sample.meta["defect_modality"] if sample.label else "normal",
                         "score": result["image_score"],
                         "threshold": result["threshold"],
@@ -122,12 +125,13 @@ def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> li
 
 def print_summary(rows: list[dict]) -> None:
     header = (
-        f"{'sample':32} {'modalities':24} {'truth':22} {'score':>8} {'thresh':>8} {'decision':9} {'ms':>7}"
+        f"{'sample':32} {'modalities':20} {'graph':8} {'truth':20} {'score':>8} {'thresh':>8} {'decision':9} "
+        f"{'ms':>7}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for row in rows:
         print(
-            f"{row['sample']:32} {row['modalities']:24} {row['truth']:22} {row['score']:8.4f} "
+            f"{row['sample']:32} {row['modalities']:20} {row['graph']:8} {row['truth']:20} {row['score']:8.4f} "
             f"{row['threshold']:8.4f} {row['decision']:9} {row['latency_ms']:7.1f}"
         )
     correct = sum((row["decision"] == "ANOMALY") == (row["truth"] != "normal") for row in rows)
@@ -208,7 +212,7 @@ def main() -> int:
         ],
     )
     run_stage(
-        "verify (parity and frozen-vs-per-sample accuracy)",
+        "verify (parity, frozen-vs-per-sample accuracy; domains over budget fall back to per-sample routing)",
         [
             python,
             "-m",
@@ -219,6 +223,7 @@ def main() -> int:
             str(run_dir),
             "--data",
             "synthetic",
+            "--fallback",
             "--json",
         ],
         stdout_path=out_dir / "verify.json",
