@@ -45,10 +45,15 @@ def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
+def pillow_bytes(array: np.ndarray, file_format: str) -> bytes:
+    """`array` encoded by Pillow as `file_format` (PNG, JPEG, BMP ...)."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format=file_format)
     return buffer.getvalue()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    return pillow_bytes(array, "PNG")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

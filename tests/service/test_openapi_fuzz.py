@@ -15,27 +15,14 @@ import schemathesis
 import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from service_helpers import RGB_DOMAIN
+from service_helpers import RGB_DOMAIN, npy_bytes, pillow_bytes
 
 MAX_EXAMPLES = 25
 DECODE_EXAMPLES = 60
 CHECKS = [not_a_server_error, response_schema_conformance]
 FUZZ_SETTINGS = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
-
-
-def _pillow(array: np.ndarray, file_format: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=file_format)
-    return buffer.getvalue()
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _tiff(array: np.ndarray) -> bytes:
@@ -50,13 +37,13 @@ def _seed_files() -> list[bytes]:
     rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
     depth = rng.uniform(0.5, 1.0, (8, 8)).astype(np.float32)
     return [
-        _pillow(rgb, "PNG"),
-        _pillow(rng.integers(0, 65536, (8, 8), dtype=np.uint16), "PNG"),
-        _pillow(rgb, "JPEG"),
-        _pillow(rgb, "BMP"),
+        pillow_bytes(rgb, "PNG"),
+        pillow_bytes(rng.integers(0, 65536, (8, 8), dtype=np.uint16), "PNG"),
+        pillow_bytes(rgb, "JPEG"),
+        pillow_bytes(rgb, "BMP"),
         _tiff(np.dstack([depth, depth, depth])),  # MVTec-3D style xyz
-        _npy(depth),
-        _npy(np.full((2, 2), np.nan, dtype=np.float32)),
+        npy_bytes(depth),
+        npy_bytes(np.full((2, 2), np.nan, dtype=np.float32)),
     ]
 
 
