@@ -16,6 +16,7 @@ from export.fallback import apply_fallback, chosen_graph
 from export.onnx_graph import check_graph
 from export.samples import select_domains
 from export.threshold import MIN_HOLDOUT_IMAGES
+from export.verify import auroc_entry
 from model.checkpoint import load_checkpoint
 
 MOVED, KEPT = "synthetic/boards", "synthetic/parts"
@@ -29,6 +30,15 @@ def report(missed: dict[str, str | None]) -> dict:
             for name, miss in missed.items()
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("per_sample", "frozen", "within"), [(0.755, 0.750, True), (0.755, 0.7475, False), (0.7, 0.71, True)]
+)
+def test_a_loss_equal_to_the_budget_is_within_it(per_sample: float, frozen: float, within: bool) -> None:
+    entry = auroc_entry(per_sample, frozen, goal=0.005)
+    assert entry["within_goal"] is within and entry["difference"] == pytest.approx(per_sample - frozen)
+    assert auroc_entry(None, frozen, goal=0.005)["within_goal"] is None
 
 
 @pytest.mark.parametrize(
