@@ -51,42 +51,22 @@ def test_bad_target_fpr_is_an_argument_error(tmp_path: Path, capsys: pytest.Capt
     assert "--target-fpr must be within [0, 1)" in capsys.readouterr().err
 
 
+def verify_argv(bundle: Path, checkpoint: Path, *options: str) -> list[str]:
+    """`export verify` of `bundle` against `checkpoint` on the synthetic data, plus `options`."""
+    return ["verify", str(bundle), "--checkpoint", str(checkpoint), "--data", "synthetic", *options]
+
+
 def test_verify_on_a_bundle_of_unknown_domains_fails_cleanly(
     tiny_bundle: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "verify",
-            str(tiny_bundle),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            "synthetic",
-            "--domains",
-            "synthetic/nowhere",
-        ]
-    )
+    code = main(verify_argv(tiny_bundle, tiny_checkpoint, "--domains", "synthetic/nowhere"))
     assert code == 1
     assert "unknown domain(s) synthetic/nowhere" in capsys.readouterr().err
 
 
 def test_verify_report(tiny_bundle: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "verify",
-            str(tiny_bundle),
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--data",
-            "synthetic",
-            "--domains",
-            "synthetic/tiles",
-            "synthetic/parts",
-            "--max-samples",
-            "2",
-            "--json",
-        ]
-    )
+    domains = ["--domains", "synthetic/tiles", "synthetic/parts"]
+    code = main(verify_argv(tiny_bundle, tiny_checkpoint, *domains, "--max-samples", "2", "--json"))
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fold_max_abs_diff"] <= 1e-5
