@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def _first_validation_problem(error: ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     extra = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"{where}: {first['msg']}{extra}"
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Write ``manifest.json`` in one step (a temporary file renamed over it), so no reader sees half a file."""
+    target = root / MANIFEST_NAME
+    partial = target.with_name(f".{MANIFEST_NAME}.tmp")
+    partial.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(partial, target)
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -18,7 +18,8 @@ from modalities.kinds import KINDS, ModalitySpec
 
 FORMAT_VERSION = 1
 
-GRAPH_KINDS: tuple[str, ...] = ("frozen", "dynamic")
+GraphKind = Literal["frozen", "dynamic"]
+GRAPH_KINDS: tuple[str, ...] = get_args(GraphKind)
 MAX_MODALITIES = 4
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex sha256 of the file")]
@@ -203,9 +204,6 @@ class HeatmapRanges(_Strict):
 
     fused: ColourRange
     modalities: dict[str, ColourRange]
-
-
-GraphKind = Literal["frozen", "dynamic"]
 
 
 class DomainSpec(_Strict):

@@ -26,7 +26,7 @@ import onnxscript
 import torch
 from tqdm import tqdm
 
-from bundle.loader import MANIFEST_NAME
+from bundle.loader import write_manifest
 from bundle.manifest import Manifest
 from export.calibration import DEFAULT_ROUTING_MODE, Calibration, calibrate
 from export.fold import kernel_banks
@@ -171,7 +171,7 @@ def build_bundle(
         thresholds.append(threshold)
         ranges.append(colour_range)
     manifest = make_manifest(model, domains, calibrations, thresholds, ranges, out, options)
-    (out / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    write_manifest(out, manifest)
     calibration_report = {
         data.name: calibration.summary(config.kernel_sizes)
         for data, calibration in zip(domains, calibrations)

@@ -10,14 +10,13 @@ Only manifest.json changes (rewritten atomically); the graphs and their checksum
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bundle.loader import MANIFEST_NAME, load_bundle
-from bundle.manifest import GraphKind, Manifest
+from bundle.loader import load_bundle, write_manifest
+from bundle.manifest import GraphKind
 from export.build import BundleOptions, domain_threshold
 from export.onnx_graph import check_graph
 from export.samples import DomainData
@@ -32,14 +31,6 @@ def chosen_graph(entry: dict[str, Any]) -> GraphKind:
         entry.get(metric, {}).get("within_goal") is False for metric in ("image_auroc", "pixel_auroc")
     )
     return "dynamic" if missed else "frozen"
-
-
-def write_manifest(bundle_root: Path, manifest: Manifest) -> None:
-    """Replace manifest.json in one step, so a reader never sees half a file."""
-    target = bundle_root / MANIFEST_NAME
-    partial = target.with_name(f".{MANIFEST_NAME}.tmp")
-    partial.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    os.replace(partial, target)
 
 
 def apply_fallback(
@@ -77,5 +68,5 @@ def apply_fallback(
         logger.info(
             "domain %s: served by the %s graph from now on, threshold %.4f", data.name, graph, threshold.value
         )
-    write_manifest(bundle.root, Manifest.model_validate(manifest.model_dump()))
+    write_manifest(bundle.root, manifest)
     return choices
