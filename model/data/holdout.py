@@ -1,8 +1,9 @@
 """A deterministic holdout of normal training samples (threshold calibration, early evaluation).
 
 Per domain, the samples are ranked by the SHA-256 of ``seed`` and their id, and the first
-``ceil(fraction * n)`` go to the holdout (at least one when the domain has two or more samples and
-``fraction > 0``, never all of them). The choice depends only on ids, seed and fraction: it is the same
+``max(ceil(fraction * n), minimum)`` go to the holdout, but never more than ``MAX_HOLDOUT_SHARE`` of the
+domain (and none when ``fraction`` is 0). The floor exists because thresholds are quantiles of the
+held-out normals' scores: a 0.95 quantile of 6 images is just their maximum. The choice depends only on ids, seed and fraction: it is the same
 whatever order the adapter lists the samples in, and adding a sample moves at most one other.
 """
 
@@ -22,21 +23,28 @@ class HasDomainAndId(Protocol):
 
 SampleT = TypeVar("SampleT", bound=HasDomainAndId)
 
+# Enough held-out normals per domain for a 0.95 quantile that is not simply the maximum.
+DEFAULT_MIN_HOLDOUT = 20
+# The floor never takes more than this share of a small domain's normals away from training.
+MAX_HOLDOUT_SHARE = 0.25
+
 
 def holdout_rank(sample_id: str, seed: int) -> bytes:
     """The sort key of a sample within its domain: SHA-256 of ``"<seed>:<id>"``."""
     return hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
 
 
-def holdout_count(size: int, fraction: float) -> int:
-    """How many of a domain's ``size`` samples are held out: ceil(fraction*size), within 1..size-1."""
+def holdout_count(size: int, fraction: float, minimum: int = DEFAULT_MIN_HOLDOUT) -> int:
+    """How many of a domain's ``size`` samples are held out: max(ceil(fraction*size), minimum), at least 1
+    and at most floor(MAX_HOLDOUT_SHARE * size) (always leaving one to train on)."""
     if size < 2 or fraction == 0:
         return 0
-    return min(max(math.ceil(fraction * size), 1), size - 1)
+    wanted = max(math.ceil(fraction * size), minimum, 1)
+    return min(wanted, max(math.floor(MAX_HOLDOUT_SHARE * size), 1), size - 1)
 
 
 def split_holdout(
-    samples: Sequence[SampleT], fraction: float = 0.1, seed: int = 0
+    samples: Sequence[SampleT], fraction: float = 0.1, seed: int = 0, minimum: int = DEFAULT_MIN_HOLDOUT
 ) -> tuple[list[SampleT], list[SampleT]]:
     """Split ``samples`` (SampleRef or Sample: anything with ``domain`` and ``id``) into (train, holdout).
 
@@ -52,7 +60,7 @@ def split_holdout(
         if len(set(ids)) != len(ids):
             raise ValueError(f"domain {domain} repeats sample ids; a holdout by id needs unique ids")
         ranked = sorted(ids, key=lambda sample_id: holdout_rank(sample_id, seed))
-        held.update((domain, sample_id) for sample_id in ranked[: holdout_count(len(ids), fraction)])
+        held.update((domain, sample_id) for sample_id in ranked[: holdout_count(len(ids), fraction, minimum)])
     train = [sample for sample in samples if (sample.domain, sample.id) not in held]
     holdout = [sample for sample in samples if (sample.domain, sample.id) in held]
     return train, holdout

@@ -30,12 +30,20 @@ def test_same_split_whatever_the_order() -> None:
 
 def test_counts_per_domain_and_seed_changes_choice() -> None:
     samples = refs("a/x", 40) + refs("b/y", 7) + refs("c/z", 1)
-    train, holdout = split_holdout(samples, 0.1, seed=0)
+    train, holdout = split_holdout(samples, 0.1, seed=0, minimum=0)
     per_domain = {d: sum(s.domain == d for s in holdout) for d in ("a/x", "b/y", "c/z")}
     assert per_domain == {"a/x": 4, "b/y": 1, "c/z": 0}  # ceil(0.1 n), at least 1, never a whole domain
     assert ids(train) | ids(holdout) == ids(samples) and not ids(train) & ids(holdout)
     _, other = split_holdout(samples, 0.1, seed=1)
     assert ids(other) != ids(holdout)
+
+
+def test_floor_holds_out_enough_normals_for_a_quantile_but_caps_small_domains() -> None:
+    samples = refs("big/x", 400) + refs("mid/y", 90) + refs("small/z", 12)
+    _, holdout = split_holdout(samples, 0.1, seed=0, minimum=20)
+    per_domain = {d: sum(s.domain == d for s in holdout) for d in ("big/x", "mid/y", "small/z")}
+    # 10 % of 400 is above the floor; 10 % of 90 is raised to 20; 12 samples give up at most a quarter.
+    assert per_domain == {"big/x": 40, "mid/y": 20, "small/z": 3}
 
 
 def test_adding_a_sample_keeps_the_others_in_place() -> None:
