@@ -43,7 +43,9 @@ def load_batches(dataset: MultiDomainDataset, batch_size: int, count: int) -> tu
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="text report to write")
     parser.add_argument("--steps", type=int, default=4, help="profiled steps (default: 4)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step (default: 8)")
@@ -81,10 +83,14 @@ def main() -> int:
     step_median = statistics.median(step_seconds)
     pairs = sum(int(batch["modality_count"].sum()) for batch in batches[1:]) / args.steps
     lines = [
-        f"lite preset, {config.image_size} px, batch {args.batch_size}, synthetic data, prior cache warm, "
-        f"kernel_mode={args.kernel_mode}",
-        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op / {torch.get_num_interop_threads()} "
-        f"inter-op threads",
+        (
+            f"lite preset, {config.image_size} px, batch {args.batch_size}, synthetic data, "
+            f"prior cache warm, kernel_mode={args.kernel_mode}"
+        ),
+        (
+            f"torch {torch.__version__}, {torch.get_num_threads()} intra-op / "
+            f"{torch.get_num_interop_threads()} inter-op threads"
+        ),
         f"mean (sample, modality) pairs per step: {pairs:.1f}",
         f"data loading (decode + prepare + collate), median per batch: {load_seconds * 1000:.1f} ms",
         f"train step (prior cache read, forward, loss, backward, Adam), median: {step_median * 1000:.1f} ms",
