@@ -8,18 +8,22 @@ nb = base experts, R = leaders, K = top-k, k = kernel size, J = K + 1 kernels pe
     U [N,C,H,W] --conv_prior--> query [N,E,H,W]                               |
     conv_cond([keys; query]) --GAP--> condition g [N,E]                       |
     for k in (1, 3, 5):  MiMoE_k(keys, g, bank_k) -> O_k [N,E,H,W]  <---------+
-    p = conv_out_first([O_1; O_3; O_5]) -> [N,C,H,W]
+    p = conv_out_first([O_1; O_3; O_5]) -> [N,C,H,W]   (ends in ReLU unless signed_prediction)
 
 MiMoE_k: X = pre(keys); the gate picks K of R leaders from g; leader j's kernel mixes ALL nb base
 kernels per output channel with softmax(S_k[j]) over the bases; the fixed expert F_k and the routed
 kernels convolve X; post([X*F_k ; sum_j s_j X*R_j]) -> O_k.
 
-The routed convolution has two equivalent implementations (`kernel_mode`):
+The routed convolution has three equivalent implementations (`kernel_mode`), equal up to float rounding
+because a convolution is linear in its kernel: sum_j s_j conv(X, R_j) = conv(X, sum_j s_j R_j).
 - "grouped": the official one (spec 5.4), builds the [N,J,E,E,k,k] kernels and runs one grouped conv
-  with groups = N*J; the training default.
+  with groups = N*J; the reference the others are tested against.
+- "mixed": mixes the leader coefficients by score first (sum_j s_j softmax(S[idx_j]) -> [N,nb,E]), builds
+  ONE routed kernel per pair and runs one grouped conv with groups = N, plus one dense conv for the fixed
+  expert shared by all pairs. About J times less conv work than "grouped"; the default (training, eval).
 - "bank": convolves X once with the static base bank (nb*E output channels) and mixes the responses
-  per pair with the leader coefficients and scores. No conv weight is computed at run time, so the
-  graph exports to ONNX with a dynamic batch.
+  per pair with the same coefficients. No conv weight is computed at run time, so the graph exports to
+  ONNX with a dynamic batch.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ BASE_BANK_STD = 0.05
 LEADER_TABLE_STD = 0.02
 SCORE_EPS = 1e-8
 CV_EPS = 1e-8
-KERNEL_MODES = ("grouped", "bank")
+KERNEL_MODES = ("grouped", "mixed", "bank")
+DEFAULT_KERNEL_MODE = "mixed"
 
 
 class ForcedRoute(NamedTuple):
@@ -69,13 +74,17 @@ class CMoEOutput(NamedTuple):
     balance_loss: Tensor
 
 
-def conv_gn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
-    """Bias-free conv -> GroupNorm (official group rule) -> ReLU."""
-    return nn.Sequential(
+def conv_gn_relu(
+    in_channels: int, out_channels: int, kernel_size: int = 1, relu: bool = True
+) -> nn.Sequential:
+    """Bias-free conv -> GroupNorm (official group rule) [-> ReLU]."""
+    layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         nn.GroupNorm(group_norm_groups(out_channels), out_channels),
-        nn.ReLU(),
-    )
+    ]
+    if relu:
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
 def delta_kernel(channels: int, kernel_size: int) -> Tensor:
@@ -136,6 +145,25 @@ def grouped_dynamic_conv(x: Tensor, kernels: Tensor) -> Tensor:
     return out.reshape(pairs, per_pair, out_channels, height, width)
 
 
+def routed_coefficients(leader_logits: Tensor, idx: Tensor, scores: Tensor) -> Tensor:
+    """Score-weighted base coefficients of a pair's routed kernels: sum_j s_j softmax_n(S[idx_j]).
+
+    sum_j s_j R_j[o] = sum_n B[n,o] * W[n,o], so these [N,nb,E] coefficients stand for all K leaders.
+    leader_logits [R,nb,E], idx/scores [N,K] -> [N,nb,E].
+    """
+    return (leader_coefficients(leader_logits, idx) * scores[..., None, None]).sum(dim=1)
+
+
+def mixed_routed_conv(x: Tensor, bank: Tensor, leader_logits: Tensor, idx: Tensor, scores: Tensor) -> Tensor:
+    """Score-weighted routed response sum_j s_j * conv(x, R_j) as ONE conv per pair with the mixed kernel.
+
+    x [N,E,H,W], bank [nb,E,E,k,k], leader_logits [R,nb,E], idx/scores [N,K] (or [1,K]) -> [N,E,H,W].
+    """
+    mixing = routed_coefficients(leader_logits, idx, scores)
+    kernels = torch.einsum("nbo,boihw->noihw", mixing, bank)  # [N or 1, E, E, k, k]
+    return grouped_dynamic_conv(x, kernels.expand(x.shape[0], *kernels.shape[1:]).unsqueeze(1))[:, 0]
+
+
 def bank_routed_conv(x: Tensor, bank: Tensor, leader_logits: Tensor, idx: Tensor, scores: Tensor) -> Tensor:
     """Score-weighted routed response sum_j s_j * conv(x, R_j) through the static base bank.
 
@@ -145,7 +173,7 @@ def bank_routed_conv(x: Tensor, bank: Tensor, leader_logits: Tensor, idx: Tensor
     bases, out_channels, in_channels, size, _ = bank.shape
     responses = F.conv2d(x, bank.reshape(bases * out_channels, in_channels, size, size), padding=size // 2)
     responses = responses.unflatten(1, (bases, out_channels))  # [N, nb, E, H, W]
-    mixing = (leader_coefficients(leader_logits, idx) * scores[..., None, None]).sum(dim=1)  # [N, nb, E]
+    mixing = routed_coefficients(leader_logits, idx, scores)
     return (responses * mixing[..., None, None]).sum(dim=1)
 
 
@@ -196,7 +224,7 @@ class MiMoE(nn.Module):
         condition: Tensor | None,
         bank: Tensor,
         forced: ForcedRoute | None = None,
-        kernel_mode: str = "grouped",
+        kernel_mode: str = DEFAULT_KERNEL_MODE,
     ) -> tuple[Tensor, GateOutput]:
         """keys [N,E,H,W], condition [N,E] (unused when forced), bank [nb,E,E,k,k] -> O_k [N,E,H,W], routing."""
         if forced is None:
@@ -212,9 +240,10 @@ class MiMoE(nn.Module):
             responses = grouped_dynamic_conv(values, torch.cat([fixed, routed], dim=1))
             fixed_response = responses[:, 0]
             routed_response = (responses[:, 1:] * route.scores[..., None, None, None]).sum(dim=1)
-        elif kernel_mode == "bank":
+        elif kernel_mode in ("mixed", "bank"):
+            routed_conv = mixed_routed_conv if kernel_mode == "mixed" else bank_routed_conv
             fixed_response = F.conv2d(values, self.soft_expert, padding=self.kernel_size // 2)
-            routed_response = bank_routed_conv(values, bank, self.experts, route.idx, route.scores)
+            routed_response = routed_conv(values, bank, self.experts, route.idx, route.scores)
         else:
             raise ValueError(f"unknown kernel_mode {kernel_mode!r}; valid: {', '.join(KERNEL_MODES)}")
         return self.post(torch.cat([fixed_response, routed_response], dim=1)), route
@@ -236,9 +265,11 @@ class CMoE(nn.Module):
         top_k: int = 2,
         kernel_sizes: Sequence[int] = (1, 3, 5),
         z_loss_weight: float = 1e-4,
+        signed_prediction: bool = False,
     ) -> None:
         super().__init__()
         self.kernel_sizes = tuple(kernel_sizes)
+        self.signed_prediction = signed_prediction
         self.conv_share = conv_gn_relu(channels, width)
         self.conv_prior = conv_gn_relu(channels, width)
         groups = group_norm_groups(width)
@@ -259,7 +290,9 @@ class CMoE(nn.Module):
         self.MoEs = nn.ModuleList(
             MiMoE(width, size, base_experts, leaders, top_k, z_loss_weight) for size in kernel_sizes
         )
-        self.conv_out_first = conv_gn_relu(len(self.kernel_sizes) * width, channels)
+        self.conv_out_first = conv_gn_relu(
+            len(self.kernel_sizes) * width, channels, relu=not signed_prediction
+        )
 
     def condition(self, keys: Tensor, prior: Tensor) -> Tensor:
         """Global condition vector g = GAP(conv_cond([keys; conv_prior(prior)])): [N,E]."""
@@ -271,7 +304,7 @@ class CMoE(nn.Module):
         general: Tensor,
         prior: Tensor | None,
         routing: Sequence[ForcedRoute] | None = None,
-        kernel_mode: str = "grouped",
+        kernel_mode: str = DEFAULT_KERNEL_MODE,
     ) -> CMoEOutput:
         """general/prior [N,C,H,W]; routing: one ForcedRoute per branch, which skips the whole router
         path (prior may then be None)."""

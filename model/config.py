@@ -18,8 +18,13 @@ TF_LITE_MEAN = (127 / 255,) * 3
 TF_LITE_STD = (128 / 255,) * 3
 
 STEM_VARIANTS = ("head", "v1")
-ANOMALY_FUSIONS = ("code", "paper")
+# Fusions that standardise every (modality, level) map by its domain's normal statistics (model.anomaly_map).
+CALIBRATED_FUSIONS = ("calibrated_max", "calibrated_mean")
+ANOMALY_FUSIONS = ("code", "paper", *CALIBRATED_FUSIONS)
 LOSS_REDUCTIONS = ("per_sample", "head")
+# "relu": the official head p = ReLU(GN(conv)), right for post-ReLU prior taps (WideResNet);
+# "none": p = GN(conv), signed, needed when the prior's taps are signed (EfficientNet's linear bottlenecks).
+PREDICTION_ACTIVATIONS = ("relu", "none")
 GROUP_NORM_CANDIDATES = (32, 16, 8, 4, 2, 1)
 # Input size must be a multiple of the compressed code's stride (encoder stride 16, two more halvings).
 CODE_STRIDE = 32
@@ -62,6 +67,7 @@ class UniMMADConfig:
     leaders: int = 32
     top_k: int = 2
     kernel_sizes: tuple[int, ...] = (1, 3, 5)
+    prediction_activation: str = "relu"
     # Anomaly map [8.2]
     anomaly_fusion: str = "code"
     blur_kernel: int = 15
@@ -70,19 +76,24 @@ class UniMMADConfig:
     # Losses [6]
     focal_gamma: float = 2.0
     z_loss_weight: float = 1e-4
-    balance_anneal_epochs: int = 200
+    # The balance weight falls linearly from 1 to the floor over this share of the run's planned steps
+    # (the official code anneals over a fixed 200 epochs, i.e. over the whole of its 200-epoch run).
+    balance_anneal_fraction: float = 1.0
     balance_floor: float = 0.001
     loss_reduction: str = "per_sample"
     # Training [7.1]
     lr: float = 1e-3
     epochs: int = 200
     batch_size: int = 10
+    # Linear warm-up over this share of the planned steps, then cosine to zero at the last planned step.
+    warmup_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         choices = {
             "stem": STEM_VARIANTS,
             "anomaly_fusion": ANOMALY_FUSIONS,
             "loss_reduction": LOSS_REDUCTIONS,
+            "prediction_activation": PREDICTION_ACTIVATIONS,
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -98,6 +109,12 @@ class UniMMADConfig:
         odd_kernels = self.kernel_sizes + self.fcm_kernel_sizes + (self.blur_kernel,)
         if any(size % 2 == 0 or size < 1 for size in odd_kernels):
             raise ValueError(f"config kernel sizes must be odd and positive, got {odd_kernels}")
+        if not 0 < self.balance_anneal_fraction <= 1:
+            raise ValueError(
+                f"config balance_anneal_fraction={self.balance_anneal_fraction} must be within (0, 1]"
+            )
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"config warmup_fraction={self.warmup_fraction} must be within [0, 1)")
         if not 0 < self.top_fraction <= 1:
             raise ValueError(f"config top_fraction={self.top_fraction} must be within (0, 1]")
 
@@ -152,8 +169,13 @@ PRESETS: dict[str, UniMMADConfig] = {
         decoder_planes=(64, 32, 16),
         decoder_blocks=(1, 1, 1),
         moe_width=64,
+        # Per-modality maps standardised by held-out normal statistics, fused by their maximum (issue 11).
+        anomaly_fusion="calibrated_max",
+        # Lite0's taps are signed linear bottlenecks: the head must be signed too (model.unimmad).
+        prediction_activation="none",
         epochs=30,
         batch_size=8,
+        warmup_fraction=0.03,
     ),
 }
 

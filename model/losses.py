@@ -10,8 +10,9 @@ Reductions over pairs with per-sample dataset weights w_b:
   carries no gradient and is left out here.
 - "head" (current official code): mean over pairs times the batch-mean weight (per-sample weighting is lost).
 
-Balance: lambda(e) * mean over levels of sum over branches of (CV^2 + z-loss), computed by the model;
-lambda(e) = max(1 - e / E_anneal, floor) with e the 0-based epoch.
+Balance: lambda * mean over levels of sum over branches of (CV^2 + z-loss), computed by the model;
+lambda = max(1 - progress / anneal_fraction, floor) with progress = step / planned steps
+(model.schedule.balance_weight).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from model.anomaly_map import cosine_distance
 from model.config import UniMMADConfig
+from model.schedule import balance_weight
 from model.unimmad import UniMMADOutput
 
 
@@ -69,15 +71,10 @@ def decompression_loss(
     raise ValueError(f"unknown loss reduction {reduction!r}; valid: per_sample, head")
 
 
-def balance_weight(epoch: int, anneal_epochs: int = 200, floor: float = 0.001) -> float:
-    """Linear annealing of the balance loss: max(1 - epoch / anneal_epochs, floor)."""
-    return max(1.0 - epoch / anneal_epochs, floor)
-
-
 def unimmad_loss(
-    output: UniMMADOutput, config: UniMMADConfig, epoch: int, sample_weights: Tensor | None = None
+    output: UniMMADOutput, config: UniMMADConfig, progress: float, sample_weights: Tensor | None = None
 ) -> LossTerms:
-    """The training objective of one batch at the given 0-based epoch."""
+    """The training objective of one batch at ``progress`` = step / planned steps, in [0, 1]."""
     decompression = decompression_loss(output, sample_weights, config.focal_gamma, config.loss_reduction)
-    weight = balance_weight(epoch, config.balance_anneal_epochs, config.balance_floor)
+    weight = balance_weight(progress, config.balance_anneal_fraction, config.balance_floor)
     return LossTerms(decompression + weight * output.balance_loss, decompression, output.balance_loss, weight)

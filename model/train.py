@@ -1,11 +1,14 @@
 """Unified multi-domain training (spec 7): one UniMMAD over every domain of a data spec.
 
-Adam + per-epoch cosine LR (spec 7.1), domain-balanced sampling with replacement (spec 1.5), focal cosine
+Adam with a per-step warm-up + cosine LR sized to the run (model.schedule; spec 7.1 steps a cosine per
+epoch, the same curve for a run that completes), domain-balanced sampling with replacement (spec 1.5), focal cosine
 + annealed balance loss (spec 6), bf16 autocast on CUDA and fp32 on CPU. The frozen prior's features
 come from a :class:`PriorCache` (no augmentation, so they never change). A deterministic fraction of
 each domain's normal training samples is held out (never trained on) and recorded in the checkpoint for
 threshold calibration. The run folder always holds the latest resumable checkpoint; a run stopped by
-its time budget is resumed mid-epoch exactly where it stopped.
+its time budget is resumed mid-epoch exactly where it stopped. With ``--max-minutes`` the number of steps
+is planned from the measured step time, so the schedule ends annealed when the budget runs out. Gate
+statistics (model.routing_stats) go to the log, ``routing.json`` and the train state after every epoch.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from model.calibration import RecordedHoldout
 from model.checkpoint import has_train_state, load_train_state, read_config, restore_weights, save_checkpoint
 from model.config import UniMMADConfig, preset
 from model.data import SyntheticConfig, parse_data_spec
@@ -33,12 +37,18 @@ from model.data.sample import Domain, Source
 from model.evaluate import evaluate_model, summary_line
 from model.losses import unimmad_loss
 from model.prior_cache import PriorCache
+from model.routing_stats import RoutingMonitor
+from model.routing_stats import summary_line as routing_summary_line
+from model.schedule import BudgetPlanner, CosineWithWarmup
 from model.unimmad import UniMMAD
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 EVAL_FOLDER = "eval"
+ROUTING_FILE = "routing.json"
+# Gate statistics are gathered from every n-th step (they cost a host copy of the gate probabilities).
+ROUTING_SAMPLE_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -243,22 +253,25 @@ def train(
 
     model = UniMMAD(config, allow_random_prior=allow_random_prior).to(device)
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    sampler = DomainBalancedSampler(dataset, seed=options.seed)
+    steps_per_epoch = len(sampler) // config.batch_size
+    max_steps = steps_per_epoch * config.epochs
+    lr_plan = CosineWithWarmup(max_steps, config.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan)
     progress: dict[str, Any] = {"epoch": 0, "batches_done": 0, "step": 0, "train_seconds": 0.0, "history": []}
     if recorded is not None:
         restore_weights(options.out, model)
         progress = load_train_state(options.out, optimizer, scheduler)
-        # A longer --epochs on resume stretches the cosine schedule to the new end.
-        scheduler.T_max = config.epochs
         logger.info("resuming %s at epoch %d, step %d", options.out, progress["epoch"], progress["step"])
-
-    sampler = DomainBalancedSampler(dataset, seed=options.seed)
-    steps_per_epoch = len(sampler) // config.batch_size
+    # The plan is re-made on every (re)start: a new --epochs or --max-minutes re-sizes the rest of the run.
+    deadline = started + options.max_minutes * 60 if options.max_minutes else None
+    planner = BudgetPlanner(max_steps, deadline)
+    lr_plan.planned_steps = max_steps
     cache = PriorCache(model) if options.prior_cache else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
-    deadline = started + options.max_minutes * 60 if options.max_minutes else None
     logger.info(
-        "training %s: %d samples in %d domains, %d steps/epoch, %d epochs, batch %d, lr %g, device %s/%s",
+        "training %s: %d samples in %d domains, %d steps/epoch, up to %d epochs, batch %d, lr %g, device %s/%s"
+        + (", time budget %.1f min (the schedule is sized to it)" if deadline else "%s"),
         config.preset,
         len(dataset),
         len(dataset.domains),
@@ -268,6 +281,7 @@ def train(
         config.lr,
         device,
         options.precision,
+        options.max_minutes if deadline else "",
     )
 
     def checkpoint() -> None:
@@ -275,20 +289,17 @@ def train(
 
     out_of_time = False
     last_loss = float("nan")
-    bar = tqdm(
-        total=steps_per_epoch * config.epochs,
-        initial=progress["step"],
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    while progress["epoch"] < config.epochs and not out_of_time:
+    planned = lr_plan.planned_steps
+    bar = tqdm(total=planned, initial=progress["step"], desc="train", unit="step", dynamic_ncols=True)
+    while progress["epoch"] < config.epochs and progress["step"] < planned and not out_of_time:
         epoch = progress["epoch"]
         sampler.set_epoch(epoch)
         model.train()
+        monitor = RoutingMonitor()
         epoch_started, epoch_samples, epoch_batches, loss_sum = time.monotonic(), 0, 0, 0.0
         loader = batch_loader(dataset, sampler, config.batch_size, progress["batches_done"], options.workers)
         for batch in loader:
+            step_started = time.monotonic()
             images = batch["images"].to(device, non_blocking=True)
             count = batch["modality_count"].to(device)
             priors = (
@@ -296,58 +307,84 @@ def train(
                 if cache is not None
                 else None
             )
+            run_progress = progress["step"] / max(planned, 1)
             with autocast:
                 output = model(images, count, priors=priors)
-                terms = unimmad_loss(output, config, epoch, batch["loss_weight"].to(device))
+                terms = unimmad_loss(output, config, run_progress, batch["loss_weight"].to(device))
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
+            if progress["step"] % ROUTING_SAMPLE_EVERY == 0:
+                monitor.add(output.routes, [batch["domains"][i] for i in output.pair_sample.tolist()])
             last_loss = terms.total.item()
             loss_sum += last_loss
             progress["step"] += 1
             progress["batches_done"] += 1
             epoch_samples += images.shape[0]
             epoch_batches += 1
+            planner.record(time.monotonic() - step_started)
+            planned = planner.planned(progress["step"])
+            lr_plan.planned_steps = planned
+            scheduler.step()
             rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
+            bar.total = planned
             bar.set_postfix(
                 epoch=epoch + 1,
                 loss=f"{last_loss:.4f}",
                 lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                balance_w=f"{terms.balance_weight:.3f}",
                 samples_s=f"{rate:.1f}",
             )
             bar.update()
+            if progress["step"] >= planned:
+                break
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
                 break
         progress["train_seconds"] += time.monotonic() - epoch_started
-        if out_of_time and progress["batches_done"] < steps_per_epoch:
+        routing = monitor.summary()
+        progress["routing"] = routing
+        epoch_complete = progress["batches_done"] >= steps_per_epoch
+        schedule_done = progress["step"] >= planned
+        if epoch_complete or schedule_done:
+            progress["history"].append(
+                {
+                    "epoch": epoch + 1,
+                    "steps": epoch_batches,
+                    "mean_loss": loss_sum / max(epoch_batches, 1),
+                    "lr": scheduler.get_last_lr()[0],
+                    "balance_weight": terms.balance_weight if epoch_batches else None,
+                    "seconds": time.monotonic() - epoch_started,
+                    "samples_per_second": epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
+                    "routing": routing["overall"],
+                }
+            )
+            logger.info("epoch %d: %s", epoch + 1, json.dumps(progress["history"][-1]))
+            logger.info("routing after epoch %d: %s", epoch + 1, routing_summary_line(routing))
+        if epoch_complete:
+            progress["epoch"] += 1
+            progress["batches_done"] = 0
+        elif out_of_time:
             logger.info("time budget of %s min reached in epoch %d", options.max_minutes, epoch + 1)
-            checkpoint()
-            break
-        progress["history"].append(
-            {
-                "epoch": epoch + 1,
-                "mean_loss": loss_sum / max(epoch_batches, 1),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": time.monotonic() - epoch_started,
-                "samples_per_second": epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
-            }
-        )
-        scheduler.step()
-        progress["epoch"] += 1
-        progress["batches_done"] = 0
-        logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, json.dumps(progress["history"][-1]))
         checkpoint()
-        if options.eval_every and (
-            progress["epoch"] % options.eval_every == 0 or progress["epoch"] == config.epochs
+        (Path(options.out) / ROUTING_FILE).write_text(json.dumps(routing, indent=2) + "\n")
+        if (
+            options.eval_every
+            and (progress["epoch"] % options.eval_every == 0 or schedule_done)
+            and (progress["batches_done"] == 0 or schedule_done)
         ):
             report = evaluate_model(
-                model, sources, batch_size=config.batch_size, device=device, domains=list(dataset.domains)
+                model,
+                sources,
+                batch_size=config.batch_size,
+                device=device,
+                domains=list(dataset.domains),
+                holdout=RecordedHoldout.from_run_config(description),
             )
             eval_dir = Path(options.out) / EVAL_FOLDER
             eval_dir.mkdir(exist_ok=True)
-            (eval_dir / f"epoch_{progress['epoch']:03d}.json").write_text(json.dumps(report, indent=2) + "\n")
-            logger.info("evaluation after epoch %d: %s", progress["epoch"], summary_line(report))
+            (eval_dir / f"step_{progress['step']:06d}.json").write_text(json.dumps(report, indent=2) + "\n")
+            logger.info("evaluation at step %d: %s", progress["step"], summary_line(report))
     bar.close()
     cache_stats = {}
     if cache is not None:
@@ -362,7 +399,7 @@ def train(
         out=Path(options.out),
         epochs_done=progress["epoch"],
         step=progress["step"],
-        finished=progress["epoch"] >= config.epochs,
+        finished=progress["step"] >= planned,
         last_loss=last_loss,
         history=progress["history"],
         cache_stats=cache_stats,

@@ -93,6 +93,7 @@ class UniMMAD(nn.Module):
                 top_k=config.top_k,
                 kernel_sizes=config.kernel_sizes,
                 z_loss_weight=config.z_loss_weight,
+                signed_prediction=config.prediction_activation == "none",
             )
             for channels in prior_channels
         )
@@ -218,11 +219,24 @@ def presence_mask(modality_count: Tensor, batch: int, slots: int) -> Tensor:
     return torch.arange(slots, device=modality_count.device)[None, :] < modality_count[:, None]
 
 
+def check_target_reachable(config: UniMMADConfig, prior_signed: bool) -> None:
+    """The prediction must be able to point where the prior points: cos(u, p) can only reach 1 when p's
+    output space contains u. A ReLU'd prediction cannot represent a signed prior (the best reachable
+    1 - cos is then a content-dependent floor, not zero), so that pairing is refused."""
+    if prior_signed and config.prediction_activation == "relu":
+        raise ValueError(
+            f"the {config.prior_trunk} prior's features are signed but prediction_activation='relu' makes "
+            "every prediction non-negative, so the training target is unreachable; use "
+            "prediction_activation='none'"
+        )
+
+
 def check_trunks(config: UniMMADConfig, prior: nn.Module, encoder: nn.Module) -> None:
     """Both trunks must tap strides 4/8/16, and the input normalisation must be the one the prior expects."""
     for role, trunk in (("prior", prior), ("encoder", encoder)):
         if tuple(trunk.feature_spec.strides) != EXPECTED_STRIDES:
             raise ValueError(f"{role} trunk strides {trunk.feature_spec.strides} must be {EXPECTED_STRIDES}")
+    check_target_reachable(config, prior.feature_spec.signed)
     expected_mean = getattr(prior, "input_mean", IMAGENET_MEAN)
     expected_std = getattr(prior, "input_std", IMAGENET_STD)
     mismatch = any(

@@ -63,7 +63,7 @@ def main() -> int:
         count = batch["modality_count"]
         keys = list(zip(batch["domains"], batch["ids"]))
         priors = cache.priors(batch["images"], count, keys) if cached else None
-        terms = unimmad_loss(model(batch["images"], count, priors=priors), config, 0, batch["loss_weight"])
+        terms = unimmad_loss(model(batch["images"], count, priors=priors), config, 0.0, batch["loss_weight"])
         optimizer.zero_grad()
         terms.total.backward()
         optimizer.step()

@@ -116,12 +116,16 @@ class EfficientNetLite0Trunk(nn.Module):
 
     Shapes: [B, 3, H, W] -> [[B, 24, H/4, W/4], [B, 40, H/8, W/8], [B, 112, H/16, W/16]].
 
-    Levels are the outputs of the last block of stages 2, 3 and 5 (sizes round up for odd inputs).
+    Levels are the outputs of the last block of stages 2, 3 and 5 (sizes round up for odd inputs). They
+    are linear bottlenecks (projection conv + BN, plus the identity), hence signed: about 40-60 % of their
+    energy is negative on real images.
     Random torchvision-style init; load the ImageNet weights with
     `load_trunk_weights(trunk, "package:efficientnet_lite0")`.
     """
 
-    feature_spec: ClassVar[FeatureSpec] = FeatureSpec(channels=(24, 40, 112), strides=(4, 8, 16))
+    feature_spec: ClassVar[FeatureSpec] = FeatureSpec(
+        channels=(24, 40, 112), strides=(4, 8, 16), signed=True
+    )
     # Per-channel normalisation of [0, 1] RGB the TensorFlow-trained weights expect: (255 x - 127) / 128.
     input_mean: ClassVar[tuple[float, float, float]] = (127 / 255,) * 3
     input_std: ClassVar[tuple[float, float, float]] = (128 / 255,) * 3

@@ -9,10 +9,16 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Channels and strides (relative to the input) of a trunk's three output levels, shallow to deep."""
+    """Channels and strides (relative to the input) of a trunk's three output levels, shallow to deep.
+
+    signed: whether the levels take negative values (taps after a linear layer, e.g. EfficientNet's
+    bottlenecks) or not (taps after a ReLU, e.g. WideResNet's stages). A prediction head that ends in a
+    ReLU can only match non-negative targets.
+    """
 
     channels: tuple[int, int, int]
     strides: tuple[int, int, int]
+    signed: bool = False
 
 
 def init_torchvision_style(module: nn.Module) -> None:

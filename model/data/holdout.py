@@ -1,8 +1,8 @@
 """A deterministic holdout of normal training samples (threshold calibration, early evaluation).
 
 Per domain, the samples are ranked by the SHA-256 of ``seed`` and their id, and the first
-``max(ceil(fraction * n), minimum)`` go to the holdout, but never more than ``MAX_HOLDOUT_SHARE`` of the
-domain (and none when ``fraction`` is 0). The floor exists because thresholds are quantiles of the
+``ceil(fraction * n)`` go to the holdout, raised to ``minimum`` as far as ``MAX_HOLDOUT_SHARE`` of the
+domain allows (none when ``fraction`` is 0, never all). The floor exists because thresholds are quantiles of the
 held-out normals' scores: a 0.95 quantile of 6 images is just their maximum. The choice depends only on ids, seed and fraction: it is the same
 whatever order the adapter lists the samples in, and adding a sample moves at most one other.
 """
@@ -35,12 +35,12 @@ def holdout_rank(sample_id: str, seed: int) -> bytes:
 
 
 def holdout_count(size: int, fraction: float, minimum: int = DEFAULT_MIN_HOLDOUT) -> int:
-    """How many of a domain's ``size`` samples are held out: max(ceil(fraction*size), minimum), at least 1
-    and at most floor(MAX_HOLDOUT_SHARE * size) (always leaving one to train on)."""
+    """How many of a domain's ``size`` samples are held out: ceil(fraction*size), raised to ``minimum``
+    but never by the floor beyond floor(MAX_HOLDOUT_SHARE * size); at least 1, at most size - 1."""
     if size < 2 or fraction == 0:
         return 0
-    wanted = max(math.ceil(fraction * size), minimum, 1)
-    return min(wanted, max(math.floor(MAX_HOLDOUT_SHARE * size), 1), size - 1)
+    floor = min(minimum, math.floor(MAX_HOLDOUT_SHARE * size))
+    return min(max(math.ceil(fraction * size), floor, 1), size - 1)
 
 
 def split_holdout(

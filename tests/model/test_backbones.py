@@ -59,7 +59,9 @@ def test_registry_builds_every_trunk_with_its_spec() -> None:
     assert isinstance(meta_trunk("wide_resnet50_2"), WideResNet50Trunk)
     assert isinstance(meta_trunk("efficientnet_lite0"), EfficientNetLite0Trunk)
     assert WideResNet50Trunk.feature_spec == FeatureSpec(channels=(256, 512, 1024), strides=(4, 8, 16))
-    assert EfficientNetLite0Trunk.feature_spec == FeatureSpec(channels=(24, 40, 112), strides=(4, 8, 16))
+    assert EfficientNetLite0Trunk.feature_spec == FeatureSpec(
+        channels=(24, 40, 112), strides=(4, 8, 16), signed=True
+    )
 
 
 def test_unknown_trunk_name_lists_the_valid_ones() -> None:
@@ -196,6 +198,22 @@ def test_packaged_lite0_weights_load_completely_and_give_finite_features() -> No
     with torch.no_grad():
         features = trunk(torch.randn(1, 3, 64, 64))
     assert all(torch.isfinite(level).all() for level in features)
+
+
+@pytest.mark.parametrize("name", sorted(TRUNKS))
+def test_feature_spec_says_whether_the_pretrained_taps_take_negative_values(name: str) -> None:
+    """`signed` decides whether the prediction head may end in a ReLU (model.unimmad): it must be true."""
+    torch.manual_seed(0)
+    trunk = build_trunk(name).eval()
+    if name == "efficientnet_lite0":
+        load_trunk_weights(trunk, LITE0_PACKAGE)
+    with torch.no_grad():
+        features = trunk(torch.rand(2, 3, 64, 64) * 2 - 1)
+    negative_energy = [float((level.clamp(max=0) ** 2).sum() / (level**2).sum()) for level in features]
+    if trunk.feature_spec.signed:
+        assert min(negative_energy) > 0.1, negative_energy
+    else:
+        assert max(negative_energy) == 0.0, negative_energy
 
 
 @pytest.mark.skipif(not BOTTLE_DIR.is_dir(), reason=f"real images not present at {BOTTLE_DIR}")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model.config import PRESETS
-from model.losses import balance_weight, decompression_loss, focal_cosine, unimmad_loss
+from model.losses import decompression_loss, focal_cosine, unimmad_loss
+from model.schedule import balance_weight
 from model.unimmad import UniMMADOutput
 
 
@@ -83,15 +84,26 @@ def test_bad_weights_and_reduction_are_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("epoch", "weight"), [(0, 1.0), (50, 0.75), (100, 0.5), (199, 0.005), (200, 0.001), (900, 0.001)]
+    ("progress", "fraction", "weight"),
+    [
+        (0, 1, 1.0),
+        (0.25, 1, 0.75),
+        (0.5, 1, 0.5),
+        (0.995, 1, 0.005),
+        (1, 1, 0.001),
+        (0.15, 0.3, 0.5),
+        (0.3, 0.3, 0.001),
+    ],
 )
-def test_balance_weight_anneals_linearly_to_the_floor(epoch: int, weight: float) -> None:
-    assert balance_weight(epoch, 200, 0.001) == pytest.approx(weight)
+def test_balance_weight_anneals_linearly_to_the_floor_over_its_share_of_the_run(
+    progress: float, fraction: float, weight: float
+) -> None:
+    assert balance_weight(progress, fraction, 0.001) == pytest.approx(weight)
 
 
 def test_total_loss_adds_the_annealed_balance_term() -> None:
     output = output_with_pair_distances([0.5], [0], [0], batch=1, slots=1)
-    terms = unimmad_loss(output, PRESETS["paper"], epoch=100)
+    terms = unimmad_loss(output, PRESETS["paper"], progress=0.5)
     assert terms.balance_weight == pytest.approx(0.5)
     assert terms.decompression.item() == pytest.approx(3 * 0.125, rel=1e-5)
     assert terms.total.item() == pytest.approx(3 * 0.125 + 0.5 * 0.25, rel=1e-5)

@@ -19,7 +19,8 @@ def test_paper_preset_has_the_spec_numbers() -> None:
     assert config.kernel_sizes == (1, 3, 5)
     assert (config.blur_kernel, config.blur_sigma, config.top_pixels) == (15, 4.0, 65)
     assert (config.focal_gamma, config.z_loss_weight) == (2.0, 1e-4)
-    assert (config.balance_anneal_epochs, config.balance_floor) == (200, 0.001)
+    assert (config.balance_anneal_fraction, config.balance_floor, config.warmup_fraction) == (1.0, 0.001, 0.0)
+    assert config.prediction_activation == "relu"
     assert (config.lr, config.epochs, config.batch_size, config.depth_scale) == (1e-3, 200, 10, 100.0)
     assert config.loss_reduction == "per_sample" and config.anomaly_fusion == "code"
 

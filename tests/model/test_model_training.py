@@ -19,7 +19,7 @@ def test_loss_decreases_over_20_adam_steps(tiny_model: UniMMAD, tiny_config: Uni
     tiny_model.train()
     losses = []
     for _ in range(20):
-        terms = unimmad_loss(tiny_model(batch, count), tiny_config, epoch=0, sample_weights=weights)
+        terms = unimmad_loss(tiny_model(batch, count), tiny_config, progress=0.0, sample_weights=weights)
         optimiser.zero_grad()
         terms.total.backward()
         optimiser.step()

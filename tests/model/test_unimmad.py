@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.cmoe import ForcedRoute
+from model.anomaly_map import cosine_distance
+from model.cmoe import CMoE, ForcedRoute
 from model.config import PRESETS, UniMMADConfig
 from model.unimmad import UniMMAD
 
@@ -200,3 +201,31 @@ def test_parameter_names_follow_the_official_checkpoint_keys(tiny_model: UniMMAD
     }
     assert official <= keys, sorted(official - keys)
     assert not any("conv_out_second" in key or "prior_head" in key for key in keys)
+
+
+def test_a_relu_head_is_refused_for_a_signed_prior(tiny_config: UniMMADConfig) -> None:
+    with pytest.raises(ValueError, match="target is unreachable"):
+        UniMMAD(tiny_config.replace(prediction_activation="relu"), allow_random_prior=True)
+    assert PRESETS["lite"].prediction_activation == "none"  # Lite0 taps are signed
+    assert PRESETS["paper"].prediction_activation == "relu"  # WideResNet taps are post-ReLU
+
+
+@pytest.mark.parametrize(("signed_head", "reachable"), [(True, True), (False, False)])
+def test_only_a_signed_head_can_reach_a_signed_prior(signed_head: bool, reachable: bool) -> None:
+    """Fit one C-MoE to a fixed signed unit-norm target: the signed head drives 1 - cos towards 0, the
+    ReLU head stays above the floor that its non-negative output space imposes."""
+    torch.manual_seed(0)
+    cmoe = CMoE(8, width=8, base_experts=2, leaders=4, top_k=2, signed_prediction=signed_head)
+    general = torch.randn(4, 8, 6, 6)
+    target = F.normalize(torch.randn(4, 8, 6, 6), dim=1)
+    floor = cosine_distance(target, target.clamp(min=0)).mean().item()  # best a ReLU'd output can do
+    optimizer = torch.optim.Adam(cmoe.parameters(), lr=0.02)
+    for _ in range(150):
+        distance = cosine_distance(target, cmoe(general, target).prediction).mean()
+        optimizer.zero_grad()
+        distance.backward()
+        optimizer.step()
+    if reachable:
+        assert distance.item() < 0.5 * floor
+    else:
+        assert distance.item() > 0.9 * floor

@@ -37,7 +37,7 @@ def test_train_writes_checkpoint_holdout_and_periodic_evaluation(finished_run) -
     assert set(holdout) == {"synthetic/tiles", "synthetic/parts", "synthetic/boards", "synthetic/brain"}
     assert all(len(ids) == 2 for ids in holdout.values())  # ceil(0.2 * 6)
     assert all(domain["train_samples"] == 4 for domain in config["data"]["domains"])
-    report = json.loads((out / "eval" / "epoch_002.json").read_text())
+    report = json.loads((out / "eval" / "step_000008.json").read_text())
     assert set(report["domains"]) == set(holdout)
 
 
