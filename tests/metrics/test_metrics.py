@@ -12,9 +12,12 @@ from model.metrics import (
     aggregate,
     aupro,
     auroc,
+    auroc_interval,
     average_precision,
     compute_metrics,
     f1_max,
+    image_metrics,
+    rank_auroc,
 )
 
 
@@ -189,3 +192,26 @@ def test_aggregate_means_per_dataset_and_skips_nulls() -> None:
     assert summary["datasets"]["mvtec3d"]["pixel_aupro"] == pytest.approx(1.0)
     assert summary["mean_over_domains"]["image_auroc"] == pytest.approx(0.5)
     assert summary["mean_over_datasets"]["image_auroc"] == pytest.approx(0.375)
+
+
+def test_auroc_interval_brackets_the_auroc_and_narrows_with_more_images() -> None:
+    rng = np.random.default_rng(0)
+
+    def scores(normal: int, defective: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.r_[np.zeros(normal), np.ones(defective)]
+        return labels, np.r_[rng.normal(0, 1, normal), rng.normal(1.5, 1, defective)]
+
+    labels, values = scores(10, 40)
+    low, high = auroc_interval(labels, values)
+    assert low <= image_metrics(labels, values)["image_auroc"] <= high
+    big_low, big_high = auroc_interval(*scores(400, 400))
+    assert big_high - big_low < (high - low) / 2
+    assert auroc_interval(labels, values) == (low, high)  # seeded: the same report twice
+    assert auroc_interval(np.zeros(5), np.arange(5.0)) is None  # one class only
+
+
+def test_rank_auroc_counts_ties_half_like_the_curve_auroc() -> None:
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    values = np.array([0.1, 0.5, 0.5, 0.9, 0.3, 0.2])
+    expected = image_metrics(labels, values)["image_auroc"]
+    assert rank_auroc(values[None, :], labels[None, :] == 1)[0] == pytest.approx(expected)
