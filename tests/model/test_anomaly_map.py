@@ -1,4 +1,5 @@
-"""Anomaly maps (spec 8.2): cosine distance, fusions, Gaussian blur with zero padding, top-fraction score."""
+"""Anomaly maps (spec 8.2): cosine distance, fusions (official, paper and calibrated by normal statistics),
+Gaussian blur with zero padding, top-fraction score; fitting the normal statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.anomaly_map import anomaly_maps, gaussian_blur, gaussian_kernel1d, top_pixels_mean
+from model.anomaly_map import (
+    NormalStatistics,
+    anomaly_maps,
+    gaussian_blur,
+    gaussian_kernel1d,
+    top_pixels_mean,
+)
+from model.calibration import fit_normal_statistics
 from model.config import PRESETS, UniMMADConfig
 from model.unimmad import UniMMADOutput
 
@@ -120,3 +128,72 @@ def test_upsampling_uses_align_corners_true(config: UniMMADConfig) -> None:
     output.predictions[0][0, :, 0, 0] = output.priors[0][0, :, 0, 0] * -1
     unblurred = anomaly_maps(output, config.replace(blur_kernel=1))
     assert unblurred.fused[0, 0, 0].item() == pytest.approx(2.0, rel=1e-5)
+
+
+def statistics(location: list[list[float]], scale: list[list[float]]) -> NormalStatistics:
+    """One domain's statistics [M, L] as the [1, M, L] a batch takes."""
+    return NormalStatistics(torch.tensor(location), torch.tensor(scale)).as_batch()
+
+
+def test_calibrated_fusion_standardises_each_level_and_fuses_modalities_late(config: UniMMADConfig) -> None:
+    # one sample, two modalities; distances per level (m0, m1): (0.3, 0.4) (0.1, 0.2) (0.0, 0.5)
+    output = synthetic_output([[0.3, 0.4], [0.1, 0.2], [0.0, 0.5]], count=[2], slots=2)
+    normal = statistics([[0.2, 0.1, 0.0], [0.3, 0.3, 0.3]], [[0.1, 0.1, 0.5], [0.1, 0.2, 0.1]])
+    z = [
+        [(0.3 - 0.2) / 0.1, (0.1 - 0.1) / 0.1, 0.0],
+        [(0.4 - 0.3) / 0.1, (0.2 - 0.3) / 0.2, (0.5 - 0.3) / 0.1],
+    ]
+    means = [sum(levels) / 3 for levels in z]  # [1/3, 2.5/3]
+    centre = SIZE // 2
+    for fusion, fused in (("calibrated_max", max(means)), ("calibrated_mean", sum(means) / 2)):
+        maps = anomaly_maps(output, config.replace(anomaly_fusion=fusion), normal)
+        assert maps.fused[0, centre, centre].item() == pytest.approx(fused, rel=1e-4)
+        for slot, value in enumerate(means):
+            assert maps.per_modality[0, slot, centre, centre].item() == pytest.approx(value, rel=1e-4)
+
+
+def test_calibrated_fusion_finds_a_defect_one_quiet_sensor_sees(config: UniMMADConfig) -> None:
+    """The loud modality (baseline 0.6, spread 0.2) hides a 5-sigma defect of the quiet one (0.1, 0.01) under
+    root-sum-square; standardised by their normal statistics the defect stands out."""
+    normal = statistics([[0.6] * 3, [0.1] * 3], [[0.2] * 3, [0.01] * 3])
+    # Pairs are slot-major (s0, m0), (s1, m0), (s0, m1), (s1, m1). Sample 0: the quiet sensor 5 sigma up,
+    # the loud one normal; sample 1: the loud sensor half a sigma up, the quiet one normal.
+    output = synthetic_output([[0.6, 0.7, 0.15, 0.1]] * 3, count=[2, 2], slots=2)
+    raw = anomaly_maps(output, config.replace(anomaly_fusion="code"))
+    calibrated = anomaly_maps(output, config.replace(anomaly_fusion="calibrated_max"), normal)
+    assert raw.image_score[0] < raw.image_score[1]
+    assert calibrated.image_score[0] > calibrated.image_score[1]
+    assert calibrated.modality_scores[0, 1] == pytest.approx(5.0, rel=1e-3)  # in units of normal spread
+
+
+def test_calibrated_fusion_ignores_absent_modalities(config: UniMMADConfig) -> None:
+    # sample 0 has one modality, sample 1 two; slot 1's statistics would make an absent slot look hot
+    output = synthetic_output([[0.5, 0.5, 0.5]] * 3, count=[1, 2], slots=2)
+    normal = statistics([[0.5] * 3, [-10.0] * 3], [[0.1] * 3, [1.0] * 3])
+    for fusion in ("calibrated_max", "calibrated_mean"):
+        maps = anomaly_maps(output, config.replace(anomaly_fusion=fusion), normal)
+        assert (maps.per_modality[0, 1] == 0).all() and maps.modality_scores[0, 1].item() == 0.0
+        assert maps.image_score[0].item() == pytest.approx(0.0, abs=1e-5)
+        assert maps.image_score[1].item() > 1.0
+
+
+def test_calibrated_fusion_needs_statistics(config: UniMMADConfig) -> None:
+    output = synthetic_output([[0.2], [0.2], [0.2]], count=[1], slots=1)
+    with pytest.raises(ValueError, match="needs the domain's normal statistics"):
+        anomaly_maps(output, config.replace(anomaly_fusion="calibrated_max"))
+
+
+def test_normal_statistics_are_the_mean_and_spread_of_every_normal_pixel() -> None:
+    # Three images in batches of 2 and 1; per level the two slots' distances differ by image.
+    per_image = [[[0.1, 0.5], [0.2, 0.6], [0.3, 0.7]], [[0.3, 0.5], [0.2, 0.6], [0.1, 0.9]], [[0.2, 0.5]] * 3]
+
+    def model(images: torch.Tensor) -> UniMMADOutput:
+        chosen = per_image[: images.shape[0]] if images[0, 0, 0, 0, 0] == 0 else per_image[2:]
+        levels = [[image[level][slot] for slot in range(2) for image in chosen] for level in range(3)]
+        return synthetic_output(levels, count=[2] * len(chosen), slots=2)
+
+    batches = [torch.zeros(2, 2, 3, 4, 4), torch.ones(1, 2, 3, 4, 4)]
+    fitted = fit_normal_statistics(model, batches)
+    values = torch.tensor(per_image)  # [image, level, slot], every pixel of a level equal
+    torch.testing.assert_close(fitted.location, values.mean(0).T)
+    torch.testing.assert_close(fitted.scale, values.std(0, unbiased=False).T.clamp(min=1e-6))
