@@ -26,6 +26,7 @@ from torch import Tensor
 
 from export.routing import DomainRouting, branch_name, routing_from_weights
 from model.cmoe import top_k_routing
+from model.routing_stats import RoutingMonitor
 from model.unimmad import UniMMAD
 
 ROUTING_MODES = ("topk", "expected")
@@ -37,7 +38,8 @@ class Calibration:
     """A domain's frozen routing and how well it represents the per-sample routing.
 
     mode: one of ROUTING_MODES; mean_probs [M, L, nbranch, R]; agreement_per_gate [M, L, nbranch] in
-    [0, 1]; samples counted.
+    [0, 1]; samples counted; health: model.routing_stats summary of the per-sample gates (how sharp and
+    how spread the routing is that the frozen one stands for).
     """
 
     mode: str
@@ -45,6 +47,7 @@ class Calibration:
     mean_probs: Tensor
     agreement_per_gate: Tensor
     samples: int
+    health: dict
 
     @property
     def agreement(self) -> float:
@@ -70,7 +73,13 @@ class Calibration:
                             "mean_probs": self.mean_probs[slot, level, b].tolist(),
                         }
                     )
-        return {"mode": self.mode, "samples": self.samples, "agreement": self.agreement, "gates": gates}
+        return {
+            "mode": self.mode,
+            "samples": self.samples,
+            "agreement": self.agreement,
+            "health": self.health,
+            "gates": gates,
+        }
 
 
 def gate_tensors(output_routes: list, batch: int, slots: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,9 +127,11 @@ def calibrate(
     if mode not in ROUTING_MODES:
         raise ValueError(f"unknown routing mode {mode!r}; valid: {', '.join(ROUTING_MODES)}")
     all_probs, all_idx, all_scores = [], [], []
+    monitor = RoutingMonitor()
     for images in image_batches:
         batch, slots = images.shape[:2]
         output = model(images, kernel_mode="bank")
+        monitor.add(output.routes, [f"slot{slot}" for slot in range(slots) for _ in range(batch)])
         probs, idx, scores = gate_tensors(output.routes, batch, slots)
         all_probs.append(probs)
         all_idx.append(idx)
@@ -139,4 +150,5 @@ def calibrate(
         mean_probs=mean_probs,
         agreement_per_gate=same_set.double().mean(0),
         samples=len(sample_idx),
+        health=monitor.summary(),
     )

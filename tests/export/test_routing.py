@@ -20,6 +20,8 @@ def domain_spec(calibration: Calibration, mode: str | None) -> DomainSpec:
             "modalities": [{"name": "rgb", "kind": "rgb"}, {"name": "ir", "kind": "gray"}],
             "threshold": 1.0,
             "threshold_method": {"method": "normal_quantile", "n_images": 1, "split": "train"},
+            "score_range": [0.5, 1.5],
+            "heatmap_range": {"fused": [0.0, 2.0], "modalities": {"rgb": [0.0, 2.0], "ir": [0.0, 2.0]}},
             "routing": {
                 "mode": mode,
                 "leaders": [
@@ -31,7 +33,7 @@ def domain_spec(calibration: Calibration, mode: str | None) -> DomainSpec:
 
 
 def calibration_of(routing) -> Calibration:
-    return Calibration("expected", routing, torch.zeros(2, 3, 3, 6), torch.ones(2, 3, 3), 1)
+    return Calibration("expected", routing, torch.zeros(2, 3, 3, 6), torch.ones(2, 3, 3), 1, {})
 
 
 def test_expected_routing_round_trips_through_the_manifest(tiny_export_model: UniMMAD) -> None:
