@@ -14,16 +14,16 @@ MiMoE_k: X = pre(keys); the gate picks K of R leaders from g; leader j's kernel 
 kernels per output channel with softmax(S_k[j]) over the bases; the fixed expert F_k and the routed
 kernels convolve X; post([X*F_k ; sum_j s_j X*R_j]) -> O_k.
 
-The routed convolution has three equivalent implementations (`kernel_mode`), equal up to float rounding
-because a convolution is linear in its kernel: sum_j s_j conv(X, R_j) = conv(X, sum_j s_j R_j).
-- "grouped": the official one (spec 5.4), builds the [N,J,E,E,k,k] kernels and runs one grouped conv
-  with groups = N*J; the reference the others are tested against.
-- "mixed": mixes the leader coefficients by score first (sum_j s_j softmax(S[idx_j]) -> [N,nb,E]), builds
-  ONE routed kernel per pair and runs one grouped conv with groups = N, plus one dense conv for the fixed
-  expert shared by all pairs. About J times less conv work than "grouped"; the default (training, eval).
+The routed convolution has three implementations (`kernel_mode`), equal up to float rounding because
+everything between pre's ReLU and post's GroupNorm is linear in the values X (as export/fold.py uses):
+- "grouped": the official one (spec 5.4), builds the [N,J,E,E,k,k] kernels, runs one grouped conv with
+  groups = N*J, concatenates [X*F_k ; sum_j s_j X*R_j] and applies post's 1x1 conv; the reference.
+- "fused": one kernel per pair, W_n = P_fix F_k + P_rt sum_j s_j R_j (P = post's 1x1 conv [E,2E]; the
+  leaders are mixed by score through their base coefficients), one grouped conv with groups = N, then
+  post's GroupNorm + ReLU. A third of "grouped"'s k x k conv work and no 1x1 conv; the default.
 - "bank": convolves X once with the static base bank (nb*E output channels) and mixes the responses
-  per pair with the same coefficients. No conv weight is computed at run time, so the graph exports to
-  ONNX with a dynamic batch.
+  per pair with the score-weighted leader coefficients. No conv weight is computed at run time, so the
+  graph exports to ONNX with a dynamic batch.
 """
 
 from __future__ import annotations
@@ -35,14 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import group_norm_groups
+from model.config import GROUP_NORM_CANDIDATES, group_norm_groups
 
 BASE_BANK_STD = 0.05
 LEADER_TABLE_STD = 0.02
 SCORE_EPS = 1e-8
 CV_EPS = 1e-8
-KERNEL_MODES = ("grouped", "mixed", "bank")
-DEFAULT_KERNEL_MODE = "mixed"
+# The official C-MoE has GN(32, 256): 8 channels per group (see moe_norm_groups).
+MOE_CHANNELS_PER_GROUP = 8
+KERNEL_MODES = ("grouped", "fused", "bank")
+DEFAULT_KERNEL_MODE = "fused"
 
 
 class ForcedRoute(NamedTuple):
@@ -74,13 +76,26 @@ class CMoEOutput(NamedTuple):
     balance_loss: Tensor
 
 
+def moe_norm_groups(width: int) -> int:
+    """GroupNorm groups of the C-MoE's internal width E: the official rule, but never fewer than
+    MOE_CHANNELS_PER_GROUP channels in a group. At E = 256 that is the official GN(32, 256); at a small
+    E the official rule would leave 1-2 channels per group, which normalises every channel on its own:
+    the global condition vector g = GAP(GN(...)) then hardly varies between samples or domains, and the
+    gates cannot route by input."""
+    return next(
+        groups
+        for groups in GROUP_NORM_CANDIDATES
+        if width % groups == 0 and width // groups >= min(MOE_CHANNELS_PER_GROUP, width)
+    )
+
+
 def conv_gn_relu(
-    in_channels: int, out_channels: int, kernel_size: int = 1, relu: bool = True
+    in_channels: int, out_channels: int, kernel_size: int = 1, relu: bool = True, groups: int | None = None
 ) -> nn.Sequential:
-    """Bias-free conv -> GroupNorm (official group rule) [-> ReLU]."""
+    """Bias-free conv -> GroupNorm (``groups``; default: the official rule) [-> ReLU]."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.GroupNorm(group_norm_groups(out_channels), out_channels),
+        nn.GroupNorm(groups or group_norm_groups(out_channels), out_channels),
     ]
     if relu:
         layers.append(nn.ReLU())
@@ -154,14 +169,18 @@ def routed_coefficients(leader_logits: Tensor, idx: Tensor, scores: Tensor) -> T
     return (leader_coefficients(leader_logits, idx) * scores[..., None, None]).sum(dim=1)
 
 
-def mixed_routed_conv(x: Tensor, bank: Tensor, leader_logits: Tensor, idx: Tensor, scores: Tensor) -> Tensor:
-    """Score-weighted routed response sum_j s_j * conv(x, R_j) as ONE conv per pair with the mixed kernel.
+def fused_pair_kernels(fixed: Tensor, bank: Tensor, coefficients: Tensor, post_weight: Tensor) -> Tensor:
+    """One kernel per pair doing the fixed expert, the score-weighted routed experts and post's 1x1 conv.
 
-    x [N,E,H,W], bank [nb,E,E,k,k], leader_logits [R,nb,E], idx/scores [N,K] (or [1,K]) -> [N,E,H,W].
+    W_n = P_fix F + P_rt R_n with R_n[c] = sum_b B[n,b,c] W_b[c] (the pair's score-mixed routed kernel).
+    fixed F [E,E,k,k], bank [nb,E,E,k,k], coefficients B [N,nb,E], post_weight P [E,2E,1,1]
+    -> [N,E,E,k,k] (N = 1 broadcasts one routing to every pair).
     """
-    mixing = routed_coefficients(leader_logits, idx, scores)
-    kernels = torch.einsum("nbo,boihw->noihw", mixing, bank)  # [N or 1, E, E, k, k]
-    return grouped_dynamic_conv(x, kernels.expand(x.shape[0], *kernels.shape[1:]).unsqueeze(1))[:, 0]
+    width = fixed.shape[0]
+    mixing = post_weight[:, :, 0, 0]
+    routed = torch.einsum("nbc,bcihw->ncihw", coefficients, bank)
+    shared = torch.einsum("oc,cihw->oihw", mixing[:, :width], fixed)
+    return shared + torch.einsum("oc,ncihw->noihw", mixing[:, width:], routed)
 
 
 def bank_routed_conv(x: Tensor, bank: Tensor, leader_logits: Tensor, idx: Tensor, scores: Tensor) -> Tensor:
@@ -206,8 +225,8 @@ class MiMoE(nn.Module):
         self.soft_expert = nn.Parameter(delta_kernel(width, kernel_size))
         self.experts = nn.Parameter(torch.randn(leaders, base_experts, width) * LEADER_TABLE_STD)
         self.gate = Gate(width, leaders)
-        self.pre = conv_gn_relu(width, width)
-        self.post = conv_gn_relu(2 * width, width)
+        self.pre = conv_gn_relu(width, width, groups=moe_norm_groups(width))
+        self.post = conv_gn_relu(2 * width, width, groups=moe_norm_groups(width))
 
     def route(self, condition: Tensor) -> GateOutput:
         """Gate with top-K and renormalised scores, plus its balance statistics. condition [N,E]."""
@@ -240,10 +259,15 @@ class MiMoE(nn.Module):
             responses = grouped_dynamic_conv(values, torch.cat([fixed, routed], dim=1))
             fixed_response = responses[:, 0]
             routed_response = (responses[:, 1:] * route.scores[..., None, None, None]).sum(dim=1)
-        elif kernel_mode in ("mixed", "bank"):
-            routed_conv = mixed_routed_conv if kernel_mode == "mixed" else bank_routed_conv
+        elif kernel_mode == "fused":
+            coefficients = routed_coefficients(self.experts, route.idx, route.scores)
+            kernels = fused_pair_kernels(self.soft_expert, bank, coefficients, self.post[0].weight)
+            kernels = kernels.expand(values.shape[0], *kernels.shape[1:])
+            mixed = grouped_dynamic_conv(values, kernels.unsqueeze(1))[:, 0]
+            return self.post[2](self.post[1](mixed)), route
+        elif kernel_mode == "bank":
             fixed_response = F.conv2d(values, self.soft_expert, padding=self.kernel_size // 2)
-            routed_response = routed_conv(values, bank, self.experts, route.idx, route.scores)
+            routed_response = bank_routed_conv(values, bank, self.experts, route.idx, route.scores)
         else:
             raise ValueError(f"unknown kernel_mode {kernel_mode!r}; valid: {', '.join(KERNEL_MODES)}")
         return self.post(torch.cat([fixed_response, routed_response], dim=1)), route
@@ -270,9 +294,9 @@ class CMoE(nn.Module):
         super().__init__()
         self.kernel_sizes = tuple(kernel_sizes)
         self.signed_prediction = signed_prediction
-        self.conv_share = conv_gn_relu(channels, width)
-        self.conv_prior = conv_gn_relu(channels, width)
-        groups = group_norm_groups(width)
+        groups = moe_norm_groups(width)
+        self.conv_share = conv_gn_relu(channels, width, groups=groups)
+        self.conv_prior = conv_gn_relu(channels, width, groups=groups)
         self.conv_cond = nn.Sequential(
             nn.Conv2d(2 * width, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from model.backbones import build_trunk
 from model.backbones.weights import WeightsInfo, load_trunk_weights
-from model.cmoe import CMoE, ForcedRoute, GateOutput
+from model.cmoe import DEFAULT_KERNEL_MODE, CMoE, ForcedRoute, GateOutput
 from model.config import IMAGENET_MEAN, IMAGENET_STD, UniMMADConfig
 from model.fcm import FCM
 from model.stem import InputStem, shared_input
@@ -159,7 +159,7 @@ class UniMMAD(nn.Module):
         images: Tensor,
         modality_count: Tensor | None = None,
         routing: Routing | None = None,
-        kernel_mode: str = "grouped",
+        kernel_mode: str = DEFAULT_KERNEL_MODE,
         priors: Sequence[Tensor] | None = None,
     ) -> UniMMADOutput:
         """images [B,M,3,S,S]; modality_count int64 [B] in 1..M (None: every slot present, a pure tensor

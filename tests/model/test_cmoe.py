@@ -169,3 +169,41 @@ def test_paper_width_parameter_counts_match_the_spec() -> None:
     assert counts == [23_034_466 - 514, 23_362_658 - 514, 24_019_042 - 514]
     banks = sum(bank.numel() for level in levels for bank in level.expert_bases)
     assert banks == 55_050_240
+
+
+def _domain_gate_probs(cmoe: CMoE, seed: int) -> list[torch.Tensor]:
+    """Mean gate probabilities of branch 0 for two synthetic 'domains' (different channel profiles)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def domain() -> torch.Tensor:
+        profile = torch.randn(16, 1, 1, generator=generator)
+        return profile + 0.3 * torch.randn(12, 16, 6, 6, generator=generator)
+
+    probs = []
+    with torch.no_grad():
+        for _ in range(2):
+            general, prior = domain(), domain()
+            probs.append(cmoe.MoEs[0].route(cmoe.condition(cmoe.conv_share(general), prior)).probs.mean(0))
+    return probs
+
+
+def test_small_widths_keep_enough_channels_per_group_for_the_gates_to_tell_domains_apart(monkeypatch) -> None:
+    """With one channel per GroupNorm group (the official rule at E = 8) every channel is normalised on
+    its own, the condition vector is the same for every input and both domains route identically."""
+    from model import cmoe as cmoe_module
+    from model.config import group_norm_groups
+    from model.routing_stats import js_divergence
+
+    assert cmoe_module.moe_norm_groups(256) == group_norm_groups(256) == 32  # the paper width is unchanged
+    assert cmoe_module.moe_norm_groups(64) == 8 and cmoe_module.moe_norm_groups(8) == 1
+
+    def divergence() -> float:
+        torch.manual_seed(0)
+        module = cmoe_module.CMoE(16, width=8, base_experts=3, leaders=6).eval()
+        return js_divergence(*_domain_gate_probs(module, seed=1))
+
+    with_enough_channels = divergence()
+    monkeypatch.setattr(cmoe_module, "moe_norm_groups", group_norm_groups)
+    per_channel = divergence()
+    assert per_channel < 1e-4
+    assert with_enough_channels > 100 * per_channel
