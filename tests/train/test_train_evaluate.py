@@ -120,3 +120,19 @@ def test_bad_arguments_fail_with_one_line(argv, message, tmp_path, capsys) -> No
     assert main([part.format(tmp=tmp_path) for part in argv]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error and "Traceback" not in error
+
+
+def test_a_run_ends_annealed_and_reports_routing_health_per_gate_and_domain(
+    finished_run, tiny_config
+) -> None:
+    out, result = finished_run
+    last = result.history[-1]
+    assert last["lr"] == 0.0  # the cosine reached its end with the run
+    assert last["balance_weight"] == pytest.approx(tiny_config.balance_floor)  # annealed within the run
+    routing = json.loads((out / "routing.json").read_text())
+    assert len(routing["gates"]) == 3 * len(tiny_config.kernel_sizes)
+    for gate in routing["gates"].values():
+        for stats in gate["domains"].values():
+            assert 1 / tiny_config.leaders <= stats["top_probability"] <= 1
+            assert 0 <= stats["entropy"] <= 1 and 1 <= stats["leaders_used"] <= tiny_config.leaders
+    assert set(last["routing"]) == {"top_probability", "entropy", "leaders_used", "domain_divergence"}
