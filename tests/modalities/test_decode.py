@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile
 
-from modalities import ModalityError, decode_bytes, read_file, sniff_format
+from modalities import ModalityError, ModalitySpec, decode_bytes, prepare, read_file, sniff_format
+from modalities.decode import REDUCTION_GAP, reduction_factors
+from modalities.kinds import IMAGENET_STD
 
 RNG = np.random.default_rng(1234)
 RGB8 = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
@@ -358,3 +361,74 @@ def test_corrupted_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
             assert error.message and "\n" not in error.message
         else:
             assert decoded.ndim in (2, 3) and decoded.dtype.kind in "uif"
+
+
+# reduce_to: huge uploads are reduced while decoding, never holding more than needed.
+
+
+def test_reduction_factors_keep_every_axis_at_least_the_gap_times_the_output_side() -> None:
+    assert reduction_factors(5000, 900, None) == (1, 1)
+    assert reduction_factors(5000, 900, 128) == (4, 1)  # 5000 // 1024; 900 < 1024 stays whole
+    assert reduction_factors(2047, 2048, 128) == (1, 2)
+    with pytest.raises(ModalityError, match="reduce_to"):
+        reduction_factors(10, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("array", "options"),
+    [
+        (RNG.integers(0, 256, (301, 257, 3), dtype=np.uint8), {"compression": "zlib", "rowsperstrip": 7}),
+        (RNG.integers(0, 65536, (301, 257), dtype=np.uint16), {"compression": "zlib", "predictor": True}),
+        (RNG.random((301, 257, 3), dtype=np.float32), {}),
+        (RNG.random((301, 257, 3), dtype=np.float32), {"tile": (64, 64), "compression": "zlib"}),
+        (RNG.integers(0, 256, (301, 257), dtype=np.uint8), {"tile": (32, 48)}),
+    ],
+    ids=["rgb8-strips", "gray16-predictor", "xyz-float", "xyz-tiled", "gray8-edge-tiles"],
+)
+def test_reduced_tiff_and_npy_keep_exactly_every_kth_pixel(array: np.ndarray, options: dict) -> None:
+    for size in (4, 8, 16, 64):
+        ky, kx = reduction_factors(*array.shape[:2], size)
+        expected = array[::ky, ::kx]
+        np.testing.assert_array_equal(decode_bytes(tiff_bytes(array, **options), reduce_to=size), expected)
+        np.testing.assert_array_equal(decode_bytes(npy_bytes(array), reduce_to=size), expected)
+
+
+def test_reduced_png_is_the_box_average_and_jpeg_decodes_at_a_dct_scale() -> None:
+    image = Image.fromarray(RNG.integers(0, 256, (300, 520, 3), dtype=np.uint8))
+    reduced = decode_bytes(pillow_bytes(image, "PNG"), reduce_to=16)  # factors (2, 4)
+    np.testing.assert_array_equal(reduced, np.asarray(image.reduce((4, 2))))
+    for size in (4, 16, 32):
+        floor = REDUCTION_GAP * size
+        shape = decode_bytes(pillow_bytes(image, "JPEG"), reduce_to=size).shape
+        assert floor <= shape[0] < 2 * floor
+        assert floor <= shape[1] < 2 * floor
+
+
+def test_reduction_changes_the_model_input_by_about_a_grey_level() -> None:
+    """A 4000 x 3000 photo-like image (texture plus strong pixel noise), PNG and JPEG, prepared at 128 px."""
+    y, x = np.mgrid[0:3000, 0:4000]
+    noise = np.random.default_rng(0).normal(0, 20, (3000, 4000))
+    plane = (127 + 60 * np.sin(x / 37.0) * np.cos(y / 53.0) + noise).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(np.dstack([plane, np.roll(plane, 7, 0), np.roll(plane, 5, 1)]))
+    rgb = ModalitySpec("rgb", "rgb")
+    for file_format in ("PNG", "JPEG"):
+        data = pillow_bytes(image, file_format)
+        full = prepare(decode_bytes(data), rgb, 128)
+        reduced = prepare(decode_bytes(data, reduce_to=128), rgb, 128)
+        levels = np.abs(full - reduced) * np.array(IMAGENET_STD)[:, None, None] * 255
+        assert levels.mean() < 1.0 and levels.max() < 5.0, (file_format, levels.mean(), levels.max())
+
+
+def test_a_reduced_tiff_never_holds_the_full_image() -> None:
+    xyz = np.zeros((3000, 3000, 3), np.float32)  # 108 MB decoded, a few hundred kB deflated
+    xyz[..., 2] = 0.5
+    data = tiff_bytes(xyz, compression="zlib")
+    tracemalloc.start()
+    try:
+        decode_bytes(data, reduce_to=16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < xyz.nbytes / 20, (
+        f"peak {peak / 1e6:.1f} MB while reducing a {xyz.nbytes / 1e6:.0f} MB image"
+    )
