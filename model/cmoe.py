@@ -264,7 +264,7 @@ class MiMoE(nn.Module):
             kernels = fused_pair_kernels(self.soft_expert, bank, coefficients, self.post[0].weight)
             kernels = kernels.expand(values.shape[0], *kernels.shape[1:])
             mixed = grouped_dynamic_conv(values, kernels.unsqueeze(1))[:, 0]
-            return self.post[2](self.post[1](mixed)), route
+            return self.post[1:](mixed), route  # post's conv is inside the kernels: GN + ReLU remain
         elif kernel_mode == "bank":
             fixed_response = F.conv2d(values, self.soft_expert, padding=self.kernel_size // 2)
             routed_response = bank_routed_conv(values, bank, self.experts, route.idx, route.scores)

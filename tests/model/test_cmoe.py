@@ -123,15 +123,34 @@ def test_cmoe_shapes_and_routes() -> None:
     torch.testing.assert_close(out.balance_loss, expected_balance)
 
 
+@pytest.mark.parametrize("mode", ["fused", "bank"])
 @pytest.mark.parametrize("train", [False, True])
-def test_cmoe_grouped_and_bank_modes_agree(train: bool) -> None:
+def test_cmoe_kernel_modes_agree_with_the_grouped_reference(mode: str, train: bool) -> None:
     cmoe = make_cmoe().train(train)
     general, prior = torch.randn(4, 12, 8, 8), torch.randn(4, 12, 8, 8)
     grouped = cmoe(general, prior, kernel_mode="grouped")
-    bank = cmoe(general, prior, kernel_mode="bank")
-    torch.testing.assert_close(grouped.prediction, bank.prediction, atol=1e-5, rtol=1e-5)
-    for a, b in zip(grouped.routes, bank.routes):
+    other = cmoe(general, prior, kernel_mode=mode)
+    torch.testing.assert_close(other.prediction, grouped.prediction, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grouped.routes, other.routes):
         assert torch.equal(a.idx, b.idx)
+
+
+def test_fused_mode_trains_like_the_grouped_reference() -> None:
+    """Same loss and same gradient for every parameter (leader table, bank, gate, post's 1x1 conv, ...)."""
+    general, prior = torch.randn(5, 12, 8, 8), torch.randn(5, 12, 8, 8)
+    target = torch.randn(5, 12, 8, 8)
+    losses, grads = {}, {}
+    for mode in ("grouped", "fused"):
+        cmoe = make_cmoe().train()
+        out = cmoe(general, prior, kernel_mode=mode)
+        losses[mode] = (out.prediction - target).square().mean() + out.balance_loss
+        losses[mode].backward()
+        grads[mode] = {name: parameter.grad for name, parameter in cmoe.named_parameters()}
+    torch.testing.assert_close(losses["fused"], losses["grouped"], atol=1e-6, rtol=1e-5)
+    assert grads["fused"].keys() == grads["grouped"].keys()
+    for name, reference in grads["grouped"].items():
+        assert reference is not None and reference.abs().max() > 0, name
+        torch.testing.assert_close(grads["fused"][name], reference, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_forced_routing_replaces_the_gate_and_skips_the_prior() -> None:
@@ -139,17 +158,18 @@ def test_forced_routing_replaces_the_gate_and_skips_the_prior() -> None:
     general, prior = torch.randn(3, 12, 8, 8), torch.randn(3, 12, 8, 8)
     free = cmoe(general, prior)
     same = [ForcedRoute(route.idx, route.scores) for route in free.routes]
-    for mode in ("grouped", "bank"):
+    for mode in ("grouped", "fused", "bank"):
         forced = cmoe(general, None, routing=same, kernel_mode=mode)
         torch.testing.assert_close(forced.prediction, free.prediction, atol=1e-5, rtol=1e-5)
         assert forced.balance_loss.item() == 0.0 and forced.routes[0].probs is None
     other = [ForcedRoute((route.idx + 1) % LEADERS, route.scores) for route in free.routes]
     assert not torch.allclose(cmoe(general, None, routing=other).prediction, free.prediction)
     broadcast = [ForcedRoute(torch.tensor([[1, 4]]), torch.tensor([[0.7, 0.3]]))] * 3
-    grouped = cmoe(general, None, routing=broadcast).prediction
-    torch.testing.assert_close(
-        cmoe(general, None, routing=broadcast, kernel_mode="bank").prediction, grouped, atol=1e-5, rtol=1e-5
-    )
+    grouped = cmoe(general, None, routing=broadcast, kernel_mode="grouped").prediction
+    for mode in ("fused", "bank"):
+        torch.testing.assert_close(
+            cmoe(general, None, routing=broadcast, kernel_mode=mode).prediction, grouped, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_bad_routing_and_kernel_mode_are_rejected() -> None:
