@@ -7,13 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
 from bundle.loader import BundleError
 from service.app import create_app
 from service.inference import load_engine
 from service.logs import configure_logging
+from service.server import build_server
 from service.settings import Settings
 
 
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         hint = " (pass --bundle or set UNIMMAD_BUNDLE)" if where == "bundle" else ""
-        print(f"error: setting {where}: {first['msg']}{hint}", file=sys.stderr)
+        message = first["msg"].removeprefix("Value error, ")
+        print(f"error: setting {where}: {message}{hint}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -64,14 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger(__name__).info(
         "serving", extra={"bundle": str(settings.bundle), "host": settings.host, "port": settings.port}
     )
-    uvicorn.run(
-        create_app(settings, engine=engine),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_config=None,
-        timeout_graceful_shutdown=settings.request_timeout_s,
-    )
+    fatal: list[str] = []
+
+    def stop_serving(reason: str) -> None:
+        fatal.append(reason)
+        server.should_exit = True
+
+    server = build_server(create_app(settings, engine=engine, on_fatal=stop_serving), settings)
+    server.run()
+    if fatal:
+        print(f"error: {fatal[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,21 +5,30 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from bundle.manifest import MAX_MODALITIES
 from service.batcher import Batcher
 from service.errors import install_error_handlers
-from service.inference import InferenceEngine, load_engine
+from service.inference import InferenceEngine, first_line, load_engine
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, MetricsMiddleware
+from service.middleware import (
+    InFlightLimitMiddleware,
+    MetricsMiddleware,
+    RequestBodyMiddleware,
+    RequestIdMiddleware,
+    ServerFaultMiddleware,
+)
 from service.routes import build_router
 from service.routes.detect import DETECT_PATH
 from service.runtime import Runtime
+from service.security import require_api_key
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,9 +60,32 @@ def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics
     return Runtime(settings=settings, bundle=engine.bundle, engine=engine, batcher=batcher, metrics=metrics)
 
 
-def _log_warmup_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("warm-up failed; /readyz stays unready", exc_info=task.exception())
+def _on_warmup_failure(
+    runtime: Runtime, on_fatal: Callable[[str], None]
+) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback for the warm-up task: a failure marks the process dead and calls ``on_fatal``."""
+
+    def check(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        runtime.warmup_error = first_line(task.exception())
+        log.error("warm-up failed; stopping", exc_info=task.exception())
+        on_fatal(f"warm-up failed: {runtime.warmup_error}")
+
+    return check
+
+
+def _add_docs_routes(app: FastAPI, settings: Settings) -> None:
+    """/openapi.json and /docs; they list the domains, so they follow the API key unless public_docs is set."""
+    guard = [] if settings.public_docs else [Depends(require_api_key)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guard)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guard)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
 
 def _enriched_openapi(app: FastAPI, base: dict[str, Any]) -> dict[str, Any]:
@@ -81,16 +113,24 @@ def _enriched_openapi(app: FastAPI, base: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def create_app(settings: Settings, *, engine: InferenceEngine | None = None) -> FastAPI:
-    """Build the service. ``engine`` lets a caller that already opened the bundle (the CLI) hand it over."""
+def create_app(
+    settings: Settings,
+    *,
+    engine: InferenceEngine | None = None,
+    on_fatal: Callable[[str], None] = lambda reason: None,
+) -> FastAPI:
+    """Build the service. ``engine`` lets a caller that already opened the bundle (the CLI) hand it over;
+    ``on_fatal(reason)`` is called when the process cannot serve at all (the CLI stops the server with it).
+    """
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = _start_runtime(settings, engine or load_engine(settings), metrics)
         app.state.runtime = runtime
+        # Warm-up runs behind a live server, so /readyz can say "not yet" while it does.
         warmup = asyncio.create_task(runtime.warm_up(), name="warm-up")
-        warmup.add_done_callback(_log_warmup_failure)
+        warmup.add_done_callback(_on_warmup_failure(runtime, on_fatal))
         try:
             yield
         finally:
@@ -105,19 +145,28 @@ def create_app(settings: Settings, *, engine: InferenceEngine | None = None) -> 
         version="1",
         summary="One model for many domains and modality sets, served from an exported ONNX bundle.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(build_router())
-    # The last added runs first: metrics see every answer, the in-flight limit runs before any body is read.
+    _add_docs_routes(app, settings)
+    # The last added runs first: every answer gets its request id and is counted by the metrics (a fault as
+    # 500), and the in-flight limit sees a request before its body is read.
     app.add_middleware(
-        BodyLimitMiddleware, max_bytes=settings.max_upload_bytes * MAX_MODALITIES + FORM_OVERHEAD_BYTES
+        RequestBodyMiddleware,
+        max_bytes=settings.max_upload_bytes * MAX_MODALITIES + FORM_OVERHEAD_BYTES,
+        timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(
         InFlightLimitMiddleware, path=DETECT_PATH, limit=settings.detect_in_flight_limit, metrics=metrics
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(ServerFaultMiddleware)
+    app.add_middleware(RequestIdMiddleware)
 
     default_openapi = app.openapi
     app.openapi = lambda: _enriched_openapi(app, default_openapi())  # type: ignore[method-assign]

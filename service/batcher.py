@@ -78,6 +78,19 @@ class Batcher:
     def depth(self) -> int:
         return self._depth
 
+    def stopped_collector(self) -> str | None:
+        """What stopped a domain's collector task before ``close``, or None while every one runs.
+
+        A stopped collector never answers its domain again: requests would only time out.
+        """
+        if self._closing:
+            return None
+        for task in self._collectors:
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                return f"batcher task {task.get_name()} stopped" + (f": {error!r}" if error else "")
+        return None
+
     def _set_depth(self, delta: int) -> None:
         self._depth += delta
         self._metrics.queue_depth.set(self._depth)

@@ -1,11 +1,10 @@
-"""One error shape for every failure: ``{"error": {"code", "message"}}`` with a fitting status.
+"""One error shape for every failure: ``{"error": {"code", "message", "request_id"}}`` with a fitting status.
 
-A 500 is reserved for real server faults; it is logged with its traceback and the process stays up.
+A 500 is reserved for real server faults (answered by ``middleware.ServerFaultMiddleware``, which logs the
+traceback); the process stays up.
 """
 
 from __future__ import annotations
-
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,8 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from modalities.errors import ErrorCode, ModalityError
-
-log = logging.getLogger(__name__)
+from service.logs import current_request_id
 
 
 class ServiceError(Exception):
@@ -40,10 +38,15 @@ def from_modality_error(error: ModalityError, field: str | None = None) -> Servi
     return ServiceError(_MODALITY_STATUS.get(error.code, 422), error.code.value, message)
 
 
+def error_body(code: str, message: str) -> dict:
+    """``{"error": {"code", "message", "request_id"}}``; the id is that of the request being handled."""
+    return {"error": {"code": code, "message": message, "request_id": current_request_id.get()}}
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 _HTTP_CODES = {
@@ -73,13 +76,7 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid value')}")
 
 
-async def _server_fault(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "internal server error; the fault was logged")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _server_fault)

@@ -32,6 +32,12 @@ class BatchOutputs:
     modality_scores: np.ndarray  # [B, M]
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (ORT's run and load errors span many), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def choose_providers(requested: list[str], *, require_gpu: bool) -> list[str]:
     """The requested providers this onnxruntime build offers, in the requested order."""
     available = ort.get_available_providers()
@@ -71,6 +77,7 @@ class InferenceEngine:
         if settings.require_gpu and self.provider != CUDA_PROVIDER:
             raise BundleError(f"require_gpu is set but the session runs on {self.provider}")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self.last_error: str | None = None
         log.info(
             "onnxruntime sessions ready", extra={"provider": self.provider, "graphs": sorted(self.sessions)}
         )
@@ -81,8 +88,7 @@ class InferenceEngine:
         try:
             session = ort.InferenceSession(str(graph.model), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 -- ORT raises private types for a corrupt or incompatible graph
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"onnxruntime cannot load {graph.model.name}: {first_line}") from None
+            raise BundleError(f"onnxruntime cannot load {graph.model.name}: {first_line(exc)}") from None
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
         needed_inputs = {"images", "domain"} if kind == "frozen" else {"images"}
@@ -102,9 +108,16 @@ class InferenceEngine:
         return BatchOutputs(*self.sessions[kind].run(list(OUTPUT_NAMES), feeds))
 
     async def run_async(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.run, images, domain_index
-        )
+        """:meth:`run` on the worker thread; ``last_error`` keeps the latest failure until a run succeeds."""
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.run, images, domain_index
+            )
+        except Exception as exc:
+            self.last_error = first_line(exc)
+            raise
+        self.last_error = None
+        return outputs
 
     def close(self) -> None:
         """Wait for the running batch, then release the worker thread."""

@@ -12,6 +12,7 @@ from modalities.decode import decode_bytes
 from modalities.errors import ModalityError
 from modalities.prepare import stack_sample
 from service.errors import ServiceError, from_modality_error
+from service.postprocessing import overlay_base
 
 HEATMAP_MODES = ("none", "png", "overlay")
 CONTROL_FIELDS = ("domain", "heatmap")
@@ -31,7 +32,7 @@ def _single_text(form: FormData, name: str, default: str | None = None) -> str:
 
 
 def parse_controls(form: FormData, manifest: Manifest) -> tuple[str, DomainSpec, str]:
-    """The ``domain`` and ``heatmap`` fields, validated against the manifest."""
+    """The ``domain`` and ``heatmap`` fields, validated against the manifest before any work is queued."""
     domain = _single_text(form, "domain")
     if domain not in manifest.domains:
         known = ", ".join(sorted(manifest.domains))
@@ -39,7 +40,10 @@ def parse_controls(form: FormData, manifest: Manifest) -> tuple[str, DomainSpec,
     heatmap = _single_text(form, "heatmap", default="png")
     if heatmap not in HEATMAP_MODES:
         raise ServiceError(422, "invalid_heatmap", f"heatmap must be one of {', '.join(HEATMAP_MODES)}")
-    return domain, manifest.domains[domain], heatmap
+    spec = manifest.domains[domain]
+    if heatmap == "overlay" and overlay_base(spec) is None:
+        raise ServiceError(422, "overlay_unavailable", "overlay needs an rgb or gray modality; use heatmap=png")
+    return domain, spec, heatmap
 
 
 async def read_modality_files(

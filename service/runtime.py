@@ -17,6 +17,10 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A liveness probe that waits longer than this for the inference worker counts as failed: orchestrators
+# give up on a probe after a few seconds (Docker's HEALTHCHECK here: 3 s, Kubernetes' default: 1 s).
+LIVENESS_PROBE_TIMEOUT_S = 2.0
+
 
 @dataclass
 class Runtime:
@@ -26,6 +30,7 @@ class Runtime:
     batcher: Batcher
     metrics: Metrics
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    warmup_error: str | None = None
 
     def warmup_shapes(self) -> list[tuple[int, int, int]]:
         """``(domain index, batch size, modality count)`` covering every input shape the batcher can send
@@ -39,14 +44,40 @@ class Runtime:
             for batch in range(1, self.settings.max_batch_size + 1)
         ]
 
+    async def _run_zeros(self, index: int, batch: int, count: int) -> None:
+        size = self.bundle.manifest.input_size
+        await self.engine.run_async(np.zeros((batch, count, 3, size, size), dtype=np.float32), index)
+
     async def warm_up(self) -> None:
         """Run every input shape once (arena allocation, kernel selection), then report ready."""
-        size = self.bundle.manifest.input_size
         started = time.perf_counter()
         shapes = self.warmup_shapes()
-        for index, batch, count in shapes:
-            await self.engine.run_async(np.zeros((batch, count, 3, size, size), dtype=np.float32), index)
+        for shape in shapes:
+            await self._run_zeros(*shape)
         self.ready.set()
         log.info(
             "warm-up done", extra={"shapes": len(shapes), "seconds": round(time.perf_counter() - started, 3)}
         )
+
+    async def liveness_problem(self) -> str | None:
+        """Why this process cannot serve any more (a restart is the cure), or None while it can.
+
+        Dead: a failed warm-up, a stopped batcher task, or an inference session whose latest run failed and
+        that fails a probe run too (one smallest warm-up shape) -- a run that failed once but passes the
+        probe was a passing fault. Still warming up is alive (readiness says when it can take traffic).
+        """
+        if self.warmup_error is not None:
+            return f"warm-up failed: {self.warmup_error}"
+        stopped = self.batcher.stopped_collector()
+        if stopped is not None:
+            return stopped
+        failure = self.engine.last_error
+        if failure is None:
+            return None
+        try:
+            await asyncio.wait_for(self._run_zeros(*self.warmup_shapes()[0]), LIVENESS_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return f"inference failed ({failure}) and a probe run got no result within {LIVENESS_PROBE_TIMEOUT_S:g} s"
+        except Exception:  # noqa: BLE001 -- whatever the session raises, it is broken; engine.last_error says what
+            return f"inference session broken: {self.engine.last_error}"
+        return None

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+# A key shorter than this is guessable (and an empty one would let an empty header in): refused at startup.
+MIN_API_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -43,7 +45,8 @@ class Settings(BaseSettings):
     max_in_flight: int | None = Field(
         default=None,
         ge=1,
-        description="POST /detect requests handled at once, counted before the body is read; more get 503. "
+        description="POST /detect requests being worked on at once, from their last body byte to the start of "
+        "their answer; while that many are, more get 503 before their body is read. "
         "Default: queue_size + max_batch_size",
     )
     request_timeout_s: float = Field(
@@ -51,8 +54,28 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(default=40_000_000, ge=1, description="per decoded image")
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection that has not sent a complete request line and headers this long after "
+        "connecting (or after its previous answer) gets 408 and is closed",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a request whose body has not fully arrived this long after its headers gets 408; a slow "
+        "upload holds no /detect slot meanwhile",
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="open connections at most; requests beyond that get 503"
+    )
     api_key: SecretStr | None = Field(
-        default=None, description="when set, required on every route but /healthz, /readyz and /metrics"
+        default=None,
+        description=f"when set (at least {MIN_API_KEY_LENGTH} characters), required on every route but the "
+        "health routes and /metrics, including /docs and /openapi.json unless public_docs is set",
+    )
+    public_docs: bool = Field(
+        default=False, description="serve /docs and /openapi.json without the API key (they list the domains)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log threshold"
@@ -60,6 +83,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(default="text", description="json: one object per line")
     host: str = Field(default="127.0.0.1", description="interface to bind")
     port: int = Field(default=8000, ge=1, le=65535, description="port to listen on")
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(
+                f"the API key must have at least {MIN_API_KEY_LENGTH} characters (unset it to run without a key)"
+            )
+        return key
 
     @property
     def detect_in_flight_limit(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.routes import detect, domains, health, metrics, model
+from service.routes import detect, domains, health, metrics, model, v2
 from service.security import require_api_key
 
 
@@ -12,6 +12,7 @@ def build_router() -> APIRouter:
     router = APIRouter()
     router.include_router(health.router, tags=["health"])
     router.include_router(metrics.router, tags=["metrics"])
+    router.include_router(v2.router, tags=["open inference protocol v2"])
     protected = [Depends(require_api_key)]
     router.include_router(detect.router, tags=["detection"], dependencies=protected)
     router.include_router(domains.router, tags=["bundle"], dependencies=protected)

@@ -8,8 +8,17 @@ from service.schemas import ErrorResponse, Health
 router = APIRouter()
 
 
-@router.get("/healthz", response_model=Health, summary="The process is alive")
-async def healthz() -> Health:
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": ErrorResponse, "description": "the process cannot serve any more; restart it"}},
+    summary="The process can still serve (liveness)",
+)
+async def healthz(request: Request) -> Health:
+    """Fails after a failed warm-up, when a batcher task stopped, or when the inference session fails its runs."""
+    problem = await request.app.state.runtime.liveness_problem()
+    if problem is not None:
+        raise ServiceError(503, "not_live", problem)
     return Health(status="ok")
 
 

@@ -70,6 +70,13 @@ def test_cpu_override_drops_the_gpu_and_lets_the_service_run_on_cpu() -> None:
     assert merged["volumes"] == base["volumes"] and merged["healthcheck"] == base["healthcheck"]
 
 
+def test_every_published_port_binds_a_configurable_address_that_defaults_to_loopback() -> None:
+    for name, service in compose_documents()["docker-compose.yml"]["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith(("127.0.0.1:", "${HOST_BIND_ADDRESS:-127.0.0.1}:")), (name, port)
+    assert env_example()["HOST_BIND_ADDRESS"] == "127.0.0.1"
+
+
 def test_every_service_has_a_healthcheck_and_a_restart_policy() -> None:
     for name, service in compose_documents()["docker-compose.yml"]["services"].items():
         assert service.get("restart") in {"always", "unless-stopped", "on-failure"}, name

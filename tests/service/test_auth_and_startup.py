@@ -16,7 +16,7 @@ from service.inference import load_engine
 from service.settings import Settings
 
 REPO = Path(__file__).parents[2]
-KEY = "s3cret-key"
+KEY = "s3cret-key-0123456789"
 
 
 @pytest.fixture()
