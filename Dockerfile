@@ -30,12 +30,15 @@ RUN uv python install "${PYTHON_VERSION}" \
  && uv venv --python "${PYTHON_VERSION}" /opt/venv
 WORKDIR /src
 # Only the torch-free packages enter the build context (.dockerignore), so the wheel cannot carry
-# model/ or export/; the extras pick onnxruntime-gpu and never onnxruntime.
+# model/ or export/. Every dependency comes from the serve+gpu lock, version and hash (onnxruntime-gpu,
+# never onnxruntime); the project itself is installed on top without resolving anything.
+COPY requirements/serve-gpu.lock ./requirements/
+RUN uv pip install --python /opt/venv/bin/python --require-hashes -r requirements/serve-gpu.lock
 COPY pyproject.toml README.md ./
 COPY bundle ./bundle
 COPY modalities ./modalities
 COPY service ./service
-RUN uv pip install --python /opt/venv/bin/python ".[serve,gpu]" \
+RUN uv pip install --python /opt/venv/bin/python --no-deps . \
  && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then echo "torch leaked into the serving venv" >&2; exit 1; fi \
  && /opt/venv/bin/python -c "import onnxruntime, service; assert 'CUDAExecutionProvider' in onnxruntime.get_available_providers()"
 

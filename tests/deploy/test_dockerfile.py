@@ -90,13 +90,17 @@ def test_runtime_stage_is_cuda13_cudnn9_and_serves_only() -> None:
     assert copied == {"/opt/python", "/opt/venv"}
 
 
-def test_builder_installs_serve_and_gpu_extras_only() -> None:
-    install = next(a for k, a in instructions() if k == "RUN" and "pip install" in a)
-    assert re.search(r"\"\.\[serve,gpu\]\"", install)
+def test_builder_installs_the_serve_gpu_lock_then_the_project_without_dependencies() -> None:
+    installs = [a for k, a in instructions() if k == "RUN" and "pip install" in a]
+    assert len(installs) == 2
+    assert re.search(r"--require-hashes -r requirements/serve-gpu\.lock$", installs[0])
+    assert re.search(r"--no-deps \. ", installs[1])
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     serving = " ".join(extras["serve"] + extras["gpu"])
     assert "torch" not in serving
     assert "onnxruntime-gpu" in serving and not re.search(r"onnxruntime(?!-gpu)\b", serving)
+    locked = (REPO / "requirements" / "serve-gpu.lock").read_text()
+    assert "onnxruntime-gpu==" in locked and not re.search(r"^(onnxruntime|torch)==", locked, re.MULTILINE)
 
 
 def test_image_runs_as_non_root_and_requires_the_gpu() -> None:
@@ -121,7 +125,7 @@ def test_build_context_holds_only_the_serving_packages() -> None:
     ]
     assert rules[0] == "*"
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    assert {"bundle", "modalities", "service", "pyproject.toml"} <= allowed
+    assert {"bundle", "modalities", "service", "pyproject.toml", "requirements"} <= allowed
     assert not allowed & {"model", "export", "tests", ".venv", "runs"}
     baked_default = next(a for k, a in runtime_stage() if k == "ARG" and a.startswith("BUNDLE="))
     assert (REPO / baked_default.partition("=")[2]).is_dir()
