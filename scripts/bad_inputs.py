@@ -3,8 +3,8 @@
     python scripts/bad_inputs.py --bundle bundles/demo          # starts its own service on 127.0.0.1
     python scripts/bad_inputs.py --url http://127.0.0.1:8000 --max-upload-bytes 33554432 --max-pixels 40000000
 
-Every answer must be a 4xx with a JSON body {"error": {"code", "message"}}; afterwards /readyz must
-still be ready and a good request must still score. Prints a table; exits 0 when all of that holds.
+Every answer must carry the status its case expects (a 4xx) and a JSON body {"error": {"code", "message"}};
+afterwards /readyz must still be ready and a good request must still score. Prints a table; exits 0 when all of that holds.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Target:
 @dataclass(frozen=True)
 class BadRequest:
     kind: str
+    expected_status: int
     send: Callable[[httpx.Client, Target], httpx.Response]
 
 
@@ -145,40 +146,43 @@ def decompression_bomb(target: Target) -> Files:
 
 _GOOD_PNG = png()
 CORPUS: list[BadRequest] = [
-    BadRequest("unknown domain", post(one_file(_GOOD_PNG), domain="no/such-domain")),
-    BadRequest("missing domain field", post(one_file(_GOOD_PNG), domain=None)),
-    BadRequest("empty domain", post(one_file(_GOOD_PNG), domain="")),
-    BadRequest("missing modality", post_lazy(pair_missing_one, pair=True)),
-    BadRequest("extra modality", post(one_file(_GOOD_PNG) + one_file(_GOOD_PNG, "depth"))),
-    BadRequest("unknown modality field", post(one_file(_GOOD_PNG) + one_file(_GOOD_PNG, "xray"))),
-    BadRequest("duplicated modality", post_lazy(pair_duplicated, pair=True)),
-    BadRequest("no files at all", post([], heatmap="none")),
-    BadRequest("modality sent as a text field", post([], rgb="not a file")),
-    BadRequest("empty file", post(one_file(b""))),
-    BadRequest("non-image bytes", post(one_file(b"hello, this is plain text\n" * 20))),
-    BadRequest("HTML disguised as PNG (mime)", post(one_file(b"<html></html>", mime="image/png"))),
-    BadRequest("truncated PNG", post(one_file(_GOOD_PNG[: len(_GOOD_PNG) // 2]))),
-    BadRequest("PNG header only", post(one_file(_GOOD_PNG[:8]))),
-    BadRequest("corrupted PNG data", post(one_file(_GOOD_PNG[:40] + b"\xff" * 40 + _GOOD_PNG[80:]))),
-    BadRequest("truncated JPEG", post(one_file(jpeg()[:120]))),
-    BadRequest("unreadable TIFF", post(one_file(b"II*\x00" + b"\x08\x00\x00\x00" + b"\xff" * 64))),
-    BadRequest("decompression bomb PNG", post_lazy(decompression_bomb)),
-    BadRequest("over max pixels", post_lazy(too_many_pixels)),
-    BadRequest("oversize upload", post_lazy(oversize_upload)),
-    BadRequest("NaN in rgb array", post(one_file(npy(np.full((32, 32, 3), np.nan, np.float32))))),
-    BadRequest("inf in rgb array", post(one_file(npy(np.full((32, 32, 3), np.inf, np.float32))))),
-    BadRequest("array of rank 4", post(one_file(npy(np.zeros((2, 32, 32, 3), np.float32))))),
-    BadRequest("array of rank 1", post(one_file(npy(np.zeros(1024, np.float32))))),
-    BadRequest("zero-size array", post(one_file(npy(np.zeros((0, 32), np.float32))))),
-    BadRequest("complex array", post(one_file(npy(np.zeros((32, 32), np.complex64))))),
-    BadRequest("object (pickle) array", post(one_file(npy(np.array([{"a": 1}], dtype=object))))),
-    BadRequest("truncated npy header", post(one_file(npy(np.zeros((32, 32), np.float32))[:20]))),
-    BadRequest("unknown heatmap mode", post(one_file(_GOOD_PNG), heatmap="jpeg")),
-    BadRequest("JSON body", raw("POST", "/detect", b'{"domain": "x"}', "application/json")),
-    BadRequest("urlencoded body", raw("POST", "/detect", b"domain=x", "application/x-www-form-urlencoded")),
-    BadRequest("multipart without boundary", raw("POST", "/detect", b"--x\r\n", "multipart/form-data")),
+    BadRequest("unknown domain", 422, post(one_file(_GOOD_PNG), domain="no/such-domain")),
+    BadRequest("missing domain field", 422, post(one_file(_GOOD_PNG), domain=None)),
+    BadRequest("empty domain", 422, post(one_file(_GOOD_PNG), domain="")),
+    BadRequest("missing modality", 422, post_lazy(pair_missing_one, pair=True)),
+    BadRequest("extra modality", 422, post(one_file(_GOOD_PNG) + one_file(_GOOD_PNG, "depth"))),
+    BadRequest("unknown modality field", 422, post(one_file(_GOOD_PNG) + one_file(_GOOD_PNG, "xray"))),
+    BadRequest("duplicated modality", 422, post_lazy(pair_duplicated, pair=True)),
+    BadRequest("no files at all", 422, post([], heatmap="none")),
+    BadRequest("modality sent as a text field", 422, post([], rgb="not a file")),
+    BadRequest("empty file", 422, post(one_file(b""))),
+    BadRequest("non-image bytes", 415, post(one_file(b"hello, this is plain text\n" * 20))),
+    BadRequest("HTML disguised as PNG (mime)", 415, post(one_file(b"<html></html>", mime="image/png"))),
+    BadRequest("truncated PNG", 422, post(one_file(_GOOD_PNG[: len(_GOOD_PNG) // 2]))),
+    BadRequest("PNG header only", 422, post(one_file(_GOOD_PNG[:8]))),
+    BadRequest("corrupted PNG data", 422, post(one_file(_GOOD_PNG[:40] + b"\xff" * 40 + _GOOD_PNG[80:]))),
+    BadRequest("truncated JPEG", 422, post(one_file(jpeg()[:120]))),
+    BadRequest("unreadable TIFF", 422, post(one_file(b"II*\x00" + b"\x08\x00\x00\x00" + b"\xff" * 64))),
+    BadRequest("decompression bomb PNG", 413, post_lazy(decompression_bomb)),
+    BadRequest("over max pixels", 413, post_lazy(too_many_pixels)),
+    BadRequest("oversize upload", 413, post_lazy(oversize_upload)),
+    BadRequest("NaN in rgb array", 422, post(one_file(npy(np.full((32, 32, 3), np.nan, np.float32))))),
+    BadRequest("inf in rgb array", 422, post(one_file(npy(np.full((32, 32, 3), np.inf, np.float32))))),
+    BadRequest("array of rank 4", 422, post(one_file(npy(np.zeros((2, 32, 32, 3), np.float32))))),
+    BadRequest("array of rank 1", 422, post(one_file(npy(np.zeros(1024, np.float32))))),
+    BadRequest("zero-size array", 422, post(one_file(npy(np.zeros((0, 32), np.float32))))),
+    BadRequest("complex array", 422, post(one_file(npy(np.zeros((32, 32), np.complex64))))),
+    BadRequest("object (pickle) array", 422, post(one_file(npy(np.array([{"a": 1}], dtype=object))))),
+    BadRequest("truncated npy header", 422, post(one_file(npy(np.zeros((32, 32), np.float32))[:20]))),
+    BadRequest("unknown heatmap mode", 422, post(one_file(_GOOD_PNG), heatmap="jpeg")),
+    BadRequest("JSON body", 415, raw("POST", "/detect", b'{"domain": "x"}', "application/json")),
+    BadRequest(
+        "urlencoded body", 415, raw("POST", "/detect", b"domain=x", "application/x-www-form-urlencoded")
+    ),
+    BadRequest("multipart without boundary", 400, raw("POST", "/detect", b"--x\r\n", "multipart/form-data")),
     BadRequest(
         "malformed multipart",
+        400,
         raw(
             "POST",
             "/detect",
@@ -187,28 +191,31 @@ CORPUS: list[BadRequest] = [
         ),
     ),
     BadRequest(
-        "too many form parts", post([("rgb", (f"{i}.png", _GOOD_PNG, "image/png")) for i in range(40)])
+        "too many form parts", 400, post([("rgb", (f"{i}.png", _GOOD_PNG, "image/png")) for i in range(40)])
     ),
-    BadRequest("GET on /detect", raw("GET", "/detect")),
-    BadRequest("unknown route", raw("GET", "/no-such-route")),
+    BadRequest("GET on /detect", 405, raw("GET", "/detect")),
+    BadRequest("unknown route", 404, raw("GET", "/no-such-route")),
 ]
 
 
 @dataclass
 class Verdict:
     kind: str
+    expected_status: int
     status: int
     code: str
     passed: bool
 
 
-def judge(kind: str, response: httpx.Response) -> Verdict:
+def judge(bad: BadRequest, response: httpx.Response) -> Verdict:
+    """Passed: the case's expected status and an error JSON body."""
     try:
         error = response.json()["error"]
         code, json_ok = str(error["code"]), bool(error["message"])
     except (json.JSONDecodeError, KeyError, TypeError):
         code, json_ok = "(not an error JSON)", False
-    return Verdict(kind, response.status_code, code, 400 <= response.status_code < 500 and json_ok)
+    passed = response.status_code == bad.expected_status and json_ok
+    return Verdict(bad.kind, bad.expected_status, response.status_code, code, passed)
 
 
 def discover(url: str, max_upload_bytes: int, max_pixels: int) -> Target:
@@ -231,7 +238,7 @@ def good_request_scores(client: httpx.Client, target: Target) -> bool:
 def run_corpus(target: Target) -> tuple[list[Verdict], bool]:
     """Send every bad request, then check that the service is still ready and still scores."""
     with httpx.Client(timeout=30.0) as client:
-        verdicts = [judge(bad.kind, bad.send(client, target)) for bad in CORPUS]
+        verdicts = [judge(bad, bad.send(client, target)) for bad in CORPUS]
         healthy = client.get(f"{target.url}/readyz").status_code == 200 and good_request_scores(
             client, target
         )
@@ -240,12 +247,14 @@ def run_corpus(target: Target) -> tuple[list[Verdict], bool]:
 
 def print_table(verdicts: list[Verdict], healthy: bool) -> None:
     width = max(len(v.kind) for v in verdicts)
-    print(f"{'bad input':<{width}}  status  result  error code")
+    print(f"{'bad input':<{width}}  expected  status  result  error code")
     for v in verdicts:
-        print(f"{v.kind:<{width}}  {v.status:<6}  {'PASS' if v.passed else 'FAIL':<6}  {v.code}")
+        result = "PASS" if v.passed else "FAIL"
+        print(f"{v.kind:<{width}}  {v.expected_status:<8}  {v.status:<6}  {result:<6}  {v.code}")
     passed = sum(v.passed for v in verdicts)
     print(
-        f"\n{passed}/{len(verdicts)} kinds answered 4xx JSON; service ready and scoring afterwards: {healthy}"
+        f"\n{passed}/{len(verdicts)} kinds answered their expected 4xx with an error JSON; "
+        f"service ready and scoring afterwards: {healthy}"
     )
 
 

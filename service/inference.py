@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bundle.loader import Bundle, BundleError, load_bundle
+from bundle.manifest import Manifest
 from service.settings import CUDA_PROVIDER, Settings
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,30 @@ def choose_providers(requested: list[str], *, require_gpu: bool) -> list[str]:
     return chosen
 
 
+def serving_graphs(manifest: Manifest, override: str) -> dict[str, str]:
+    """The graph serving each domain: the manifest's choice, or ``override`` for every domain.
+
+    A domain's threshold and heatmap ranges were calibrated on its manifest graph, and the manifest keeps
+    them for that graph only; serving the domain with the other graph would pair it with them. So an
+    override that differs from a domain's manifest graph is refused (one line naming those domains).
+    """
+    if override == "manifest":
+        return {name: spec.graph for name, spec in manifest.domains.items()}
+    mismatched = sorted(name for name, spec in manifest.domains.items() if spec.graph != override)
+    if mismatched:
+        raise BundleError(
+            f"UNIMMAD_GRAPH={override} would serve {', '.join(mismatched)} with thresholds and heatmap ranges "
+            f"calibrated for the other graph (the manifest has none for {override}); use UNIMMAD_GRAPH=manifest"
+        )
+    return {name: override for name in manifest.domains}
+
+
 class InferenceEngine:
     """The bundle's ORT sessions (frozen and/or dynamic graph, as the domains need), run on one worker thread."""
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
         self.bundle = bundle
-        self.graph_of = {
-            name: spec.graph if settings.graph == "manifest" else settings.graph
-            for name, spec in bundle.manifest.domains.items()
-        }
+        self.graph_of = serving_graphs(bundle.manifest, settings.graph)
         self._graph_by_index = {
             spec.index: self.graph_of[name] for name, spec in bundle.manifest.domains.items()
         }

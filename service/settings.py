@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     graph: Literal["manifest", "frozen", "dynamic"] = Field(
         default="manifest",
         description="which graph serves each domain: `manifest` = the domain's own choice (frozen unless "
-        "`export verify --fallback` moved it to per-sample routing); `frozen` or `dynamic` = every domain",
+        "`export verify --fallback` moved it to per-sample routing); `frozen` or `dynamic` = every domain, "
+        "refused at startup when a domain's threshold was calibrated on the other graph",
     )
     providers: list[str] = Field(
         default=[CUDA_PROVIDER, CPU_PROVIDER], description="ORT providers in order of preference"

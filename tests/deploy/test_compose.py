@@ -104,3 +104,8 @@ def test_env_example_service_settings_are_real_settings_with_valid_values(monkey
         monkeypatch.setenv(key, value)
     settings = Settings(bundle=tmp_path)
     assert settings.max_batch_size == int(service_settings["UNIMMAD_MAX_BATCH_SIZE"])
+
+
+def test_env_example_serves_each_domain_on_the_graph_its_threshold_was_calibrated_on() -> None:
+    # frozen or dynamic would be refused at startup by any bundle where `verify --fallback` moved a domain.
+    assert env_example()["UNIMMAD_GRAPH"] == "manifest"

@@ -29,22 +29,27 @@ def test_a_service_that_keeps_running_fails_the_startup_check(
     assert not outcome.passed and "still running" in outcome.detail
 
 
-def test_bad_input_corpus_gets_4xx_json_and_leaves_the_service_ready(tiny_bundle: Path, capsys) -> None:
+def test_bad_input_corpus_gets_its_expected_4xx_json_and_leaves_the_service_ready(
+    tiny_bundle: Path, capsys
+) -> None:
     assert len(bad_inputs.CORPUS) >= 25
+    assert all(400 <= bad.expected_status < 500 for bad in bad_inputs.CORPUS)
     assert bad_inputs.main(["--bundle", str(tiny_bundle)]) == 0
     out = capsys.readouterr().out
-    assert f"{len(bad_inputs.CORPUS)}/{len(bad_inputs.CORPUS)} kinds answered 4xx JSON" in out
+    total = len(bad_inputs.CORPUS)
+    assert f"{total}/{total} kinds answered their expected 4xx with an error JSON" in out
     assert "afterwards: True" in out
 
 
-def test_bad_input_judge_rejects_a_5xx_and_a_non_json_4xx() -> None:
+def test_bad_input_judge_wants_the_expected_status_and_an_error_json() -> None:
     import httpx
 
-    assert not bad_inputs.judge(
-        "x", httpx.Response(500, json={"error": {"code": "c", "message": "m"}})
-    ).passed
-    assert not bad_inputs.judge("x", httpx.Response(422, text="plain")).passed
-    assert bad_inputs.judge("x", httpx.Response(422, json={"error": {"code": "c", "message": "m"}})).passed
+    case = bad_inputs.BadRequest("x", 422, bad_inputs.raw("GET", "/"))
+    error = {"error": {"code": "c", "message": "m"}}
+    assert not bad_inputs.judge(case, httpx.Response(500, json=error)).passed
+    assert not bad_inputs.judge(case, httpx.Response(415, json=error)).passed
+    assert not bad_inputs.judge(case, httpx.Response(422, text="plain")).passed
+    assert bad_inputs.judge(case, httpx.Response(422, json=error)).passed
 
 
 def test_load_test_reports_only_200_and_503_and_memory(tiny_bundle: Path, capsys) -> None:

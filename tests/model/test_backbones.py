@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 from model.backbones import TRUNKS, EfficientNetLite0Trunk, FeatureSpec, WideResNet50Trunk, build_trunk
 from model.backbones.efficientnet_lite import same_padding
 from model.backbones.weights import WeightsError, WeightsInfo, load_trunk_weights, sha256_file
+from model.data.registry import shared_data_root
 
-BOTTLE_DIR = Path("/work/shared/data/mvtec_ad/bottle")
+BOTTLE_DIR = shared_data_root() / "mvtec_ad" / "bottle"
 LITE0_PACKAGE = "package:efficientnet_lite0"
 
 

@@ -96,9 +96,12 @@ def test_same_result_as_bare_onnxruntime(client, tiny_bundle: Path, domain: str,
     assert list(body["modality_scores"].values()) == pytest.approx(modality_scores, rel=1e-5, abs=1e-6)
 
 
-def test_dynamic_graph_serves_the_same_as_its_bare_session(tiny_bundle: Path) -> None:
+def test_dynamic_graph_serves_the_same_as_its_bare_session(tiny_bundle: Path, tmp_path: Path) -> None:
+    # UNIMMAD_GRAPH=dynamic is accepted only where every domain was calibrated on the dynamic graph.
+    bundle = copy_bundle(tiny_bundle, tmp_path / "dynamic")
+    rewrite_manifest(bundle, lambda m: [spec.update(graph="dynamic") for spec in m["domains"].values()])
     files = uploads(RGB_INFRARED_DEPTH_DOMAIN, index=2)
-    with TestClient(create_app(make_settings(tiny_bundle, graph="dynamic"))) as client:
+    with TestClient(create_app(make_settings(bundle, graph="dynamic"))) as client:
         wait_ready(client)
         assert client.get("/model").json()["graphs"] == ["dynamic"]
         body = client.post("/detect", data={"domain": RGB_INFRARED_DEPTH_DOMAIN}, files=files).json()
