@@ -1,4 +1,5 @@
-"""Fault checks: a broken bundle stops `python -m service` with one clear line; readiness waits for warm-up.
+"""Fault checks: a broken bundle stops `python -m service` with one clear line (also when it only fails at
+warm-up); readiness waits for warm-up.
 
     python scripts/fault_checks.py --bundle bundles/demo
 
@@ -63,6 +64,10 @@ BROKEN_BUNDLES: dict[str, Callable[[Path], None] | None] = {
     "manifest format_version mismatch": lambda b: _edit_manifest(b, lambda m: m.update(format_version=999)),
     "manifest is not JSON": lambda b: (b / "manifest.json").write_text("{ not json", encoding="utf-8"),
     "graph file missing": lambda b: (b / "model.onnx").unlink(),
+    # Loads, then fails its first run: the warm-up failure must stop the process, not leave it "healthy".
+    "manifest input_size disagrees with the graphs": lambda b: _edit_manifest(
+        b, lambda m: m.update(input_size=m["input_size"] + 8)
+    ),
 }
 
 

@@ -14,6 +14,10 @@ _PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNgYGAAAAAEAAH2
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["unknown_domain"])
     message: str = Field(examples=["unknown domain 'mvtec/bottel'; this bundle serves: mvtec/bottle"])
+    request_id: str | None = Field(
+        description="the answer's X-Request-ID (the client's, or one made for the request)",
+        examples=["3f2b8c1e9d4a4b7f8e6c5d4a3b2c1d0e"],
+    )
 
 
 class ErrorResponse(BaseModel):
