@@ -6,6 +6,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -57,7 +58,15 @@ def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics
         queue_size=settings.queue_size,
     )
     batcher.start()
-    return Runtime(settings=settings, bundle=engine.bundle, engine=engine, batcher=batcher, metrics=metrics)
+    cpu_pool = ThreadPoolExecutor(max_workers=settings.decode_thread_count, thread_name_prefix="decode")
+    return Runtime(
+        settings=settings,
+        bundle=engine.bundle,
+        engine=engine,
+        batcher=batcher,
+        metrics=metrics,
+        cpu_pool=cpu_pool,
+    )
 
 
 def _on_warmup_failure(
@@ -138,6 +147,7 @@ def create_app(
             if not warmup.done():
                 warmup.cancel()
             runtime.engine.close()
+            runtime.cpu_pool.shutdown(wait=True)
             log.info("shut down cleanly")
 
     app = FastAPI(

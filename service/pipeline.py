@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -33,10 +32,10 @@ async def detect(
 
     # Decoding and resizing are CPU work; they run off the event loop like inference does.
     mark = time.perf_counter()
-    arrays = await asyncio.to_thread(decode_files, files, settings.max_pixels)
+    arrays = await runtime.in_cpu_pool(decode_files, files, settings.max_pixels, manifest.input_size)
     decode_s = time.perf_counter() - mark
     mark = time.perf_counter()
-    sample = await asyncio.to_thread(prepare_sample, arrays, spec, manifest)
+    sample = await runtime.in_cpu_pool(prepare_sample, arrays, spec, manifest)
     preprocess_s = time.perf_counter() - mark
 
     result = await runtime.batcher.submit(
@@ -44,7 +43,7 @@ async def detect(
     )
 
     mark = time.perf_counter()
-    heatmaps = await asyncio.to_thread(
+    heatmaps = await runtime.in_cpu_pool(
         render_heatmaps,
         result.anomaly_map,
         result.modality_maps,

@@ -78,11 +78,12 @@ async def read_modality_files(
     return files
 
 
-def decode_files(files: Mapping[str, bytes], max_pixels: int) -> dict[str, np.ndarray]:
+def decode_files(files: Mapping[str, bytes], max_pixels: int, reduce_to: int) -> dict[str, np.ndarray]:
+    """One file after the other, each reduced while decoding to what a ``reduce_to`` model input needs."""
     arrays = {}
     for name, data in files.items():
         try:
-            arrays[name] = decode_bytes(data, max_pixels=max_pixels)
+            arrays[name] = decode_bytes(data, max_pixels=max_pixels, reduce_to=reduce_to)
         except ModalityError as exc:
             raise from_modality_error(exc, name) from None
     return arrays

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A liveness probe that waits longer than this for the inference worker counts as failed: orchestrators
 # give up on a probe after a few seconds (Docker's HEALTHCHECK here: 3 s, Kubernetes' default: 1 s).
@@ -29,8 +34,17 @@ class Runtime:
     engine: InferenceEngine
     batcher: Batcher
     metrics: Metrics
+    # Decode, preprocess and heatmaps: bounded, unlike asyncio's default pool, so that concurrent uploads
+    # decode a few at a time instead of all at once (each decode's memory is that of one image).
+    cpu_pool: ThreadPoolExecutor
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     warmup_error: str | None = None
+
+    async def in_cpu_pool(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``function(*args, **kwargs)`` on the bounded CPU pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.cpu_pool, partial(function, *args, **kwargs)
+        )
 
     def warmup_shapes(self) -> list[tuple[int, int, int]]:
         """``(domain index, batch size, modality count)`` covering every input shape the batcher can send

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="per uploaded file")
     max_pixels: int = Field(default=40_000_000, ge=1, description="per decoded image")
+    decode_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads that decode, preprocess and render heatmaps, each holding one upload's decode at a "
+        "time (this bounds decode memory, see README Reliability). Default: the CPU cores this process may use",
+    )
     header_timeout_s: float = Field(
         default=10.0,
         gt=0,
@@ -93,6 +100,10 @@ class Settings(BaseSettings):
                 f"the API key must have at least {MIN_API_KEY_LENGTH} characters (unset it to run without a key)"
             )
         return key
+
+    @property
+    def decode_thread_count(self) -> int:
+        return self.decode_threads or len(os.sched_getaffinity(0))
 
     @property
     def detect_in_flight_limit(self) -> int:

@@ -109,3 +109,12 @@ def test_env_example_service_settings_are_real_settings_with_valid_values(monkey
 def test_env_example_serves_each_domain_on_the_graph_its_threshold_was_calibrated_on() -> None:
     # frozen or dynamic would be refused at startup by any bundle where `verify --fallback` moved a domain.
     assert env_example()["UNIMMAD_GRAPH"] == "manifest"
+
+
+def test_uploads_spool_to_a_disk_volume_not_to_ram() -> None:
+    service = compose_documents()["docker-compose.yml"]["services"]["unimmad"]
+    assert "tmpfs" not in service
+    (spool,) = [v for v in service["volumes"] if v["target"] == "/tmp"]
+    assert (
+        spool["type"] == "volume" and spool["source"] in compose_documents()["docker-compose.yml"]["volumes"]
+    )
