@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         "upload holds no /detect slot meanwhile",
     )
     max_connections: int = Field(
-        default=1024, ge=1, description="open connections at most; requests beyond that get 503"
+        default=1024, ge=1, description="open connections at most; one beyond that gets 503 and is closed"
     )
     api_key: SecretStr | None = Field(
         default=None,

@@ -60,6 +60,22 @@ def test_a_body_that_never_ends_gets_408_json(impatient) -> None:
     assert 1.0 < seconds < 6
 
 
+def test_connections_beyond_the_bound_get_503_json_and_are_closed(tiny_bundle: Path, tmp_path: Path) -> None:
+    env = {**SETTINGS, "UNIMMAD_MAX_CONNECTIONS": "2", "UNIMMAD_HEADER_TIMEOUT_S": "30"}
+    with live_service.running(tiny_bundle, tmp_path / "service.log", env=env) as service:
+        host, port = service.url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port))) for _ in range(2)]
+        try:
+            with socket.create_connection((host, int(port))) as extra:
+                answer, _ = _answer_after(extra, 10)
+        finally:
+            for sock in held:
+                sock.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ")
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+
+
 def test_normal_requests_are_answered_while_slow_clients_hang_on(impatient) -> None:
     report = hostile_clients.run(impatient.url, "synthetic/tiles", slow=4, normal=6)
     # 4 slow uploads and 4 unread answers against 2 slots: none of them may cost a normal request its answer.
