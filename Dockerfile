@@ -65,7 +65,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000
-# /healthz answers as soon as the process serves HTTP; readiness (/readyz) is for load balancers.
+# Liveness: /healthz fails once the process cannot serve any more (a stopped batcher task, an onnxruntime
+# session whose runs fail); a failed warm-up exits by itself. Readiness (/readyz) is for load balancers.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('UNIMMAD_PORT', '8000'), timeout=2)"]
 CMD ["python", "-m", "service"]
