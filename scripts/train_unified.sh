@@ -5,8 +5,9 @@
 #
 #   scripts/train_unified.sh [RUN_DIR]          (default runs/unified_lite; logs in RUN_DIR/*.log)
 #
-# Environment: EPOCHS (default 12), MAX_MINUTES (wall-clock budget of training, default 35),
-# WORKERS (data-loading processes, default 1), PYTHON (default .venv/bin/python).
+# Environment: MAX_MINUTES (wall-clock budget of training, default 65; the schedule is sized to it and
+# ends annealed), WORKERS (data-loading processes, default 0), PYTHON (default .venv/bin/python).
+# The recipe (epochs cap, warm-up, balance annealing, fusion) is the lite preset's (model/config.py).
 # Rerunning with an existing RUN_DIR resumes its training where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ mkdir -p "$RUN_DIR"
 resume=()
 [[ -f "$RUN_DIR/train_state.json" ]] && resume=(--resume)
 "$PYTHON" -m model train --preset lite --data "$DATA" --out "$RUN_DIR" \
-  --epochs "${EPOCHS:-12}" --max-minutes "${MAX_MINUTES:-35}" --eval-every 0 --workers "${WORKERS:-1}" \
+  --max-minutes "${MAX_MINUTES:-65}" --eval-every 0 --workers "${WORKERS:-0}" \
   --seed 0 "${resume[@]}" 2>&1 | tee -a "$RUN_DIR/train.log"
 
 "$PYTHON" -m model evaluate --checkpoint "$RUN_DIR" --out "$RUN_DIR/evaluation" --batch-size 8 --heatmaps 3 \
