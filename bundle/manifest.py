@@ -16,7 +16,9 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from modalities.errors import ModalityError
 from modalities.kinds import KINDS, ModalitySpec
 
-FORMAT_VERSION = 1
+# 2: both graphs take `domain`; calibrated fusion with per-domain normal statistics; score_range and
+# heatmap_range required.
+FORMAT_VERSION = 2
 
 GraphKind = Literal["frozen", "dynamic"]
 GRAPH_KINDS: tuple[str, ...] = get_args(GraphKind)
@@ -63,10 +65,18 @@ class ImageScore(_Strict):
     fraction: float = Field(gt=0, le=1, description="share of the highest pixels that are averaged")
 
 
+CalibratedFusion = Literal["calibrated_max", "calibrated_mean"]
+CALIBRATED_FUSIONS: tuple[str, ...] = get_args(CalibratedFusion)
+
+
 class AnomalyMap(_Strict):
     """How the graph builds the fused map: fusion rule, then a normalised Gaussian blur."""
 
-    fusion: Literal["rss"] = Field(description="root-sum-square over levels and modalities")
+    fusion: Literal["code", "paper", CalibratedFusion] = Field(
+        description="code: root-sum-square over levels and modalities; paper: RSS over modalities per level, "
+        "mean over levels; calibrated_max / calibrated_mean: every (modality, level) map standardised by the "
+        "domain's normal_statistics, mean over levels, then the maximum / mean over modalities"
+    )
     blur_sigma: float = Field(ge=0)
     blur_kernel: int = Field(ge=1, description="odd kernel side in pixels")
 
@@ -199,6 +209,28 @@ ColourRange = Annotated[
 ]
 
 
+class LevelStatistics(_Strict):
+    """Location and scale (mean and standard deviation) of one modality's normal distance, per level."""
+
+    location: list[FiniteFloat] = Field(min_length=1)
+    scale: list[Annotated[FiniteFloat, Field(gt=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_levels(self) -> LevelStatistics:
+        if len(self.location) != len(self.scale):
+            raise ValueError(f"{len(self.location)} locations but {len(self.scale)} scales")
+        return self
+
+
+class NormalStatistics(_Strict):
+    """What calibrated fusion standardises each map by (held as tensors inside both graphs; recorded here
+    so a reader can see them), fitted on the normal images named by `split`."""
+
+    split: str = Field(min_length=1, examples=["holdout(fraction=0.1, seed=0)"])
+    n_images: int = Field(ge=1)
+    modalities: dict[str, LevelStatistics]
+
+
 class HeatmapRanges(_Strict):
     """Colour ranges chosen from normal images' maps; modality maps have their own scale."""
 
@@ -211,8 +243,13 @@ class DomainSpec(_Strict):
     modalities: list[ModalityEntry] = Field(min_length=1, max_length=MAX_MODALITIES)
     threshold: FiniteFloat = Field(description="image_score above this is anomalous")
     threshold_method: ThresholdMethod
-    heatmap_range: HeatmapRanges | None = Field(
-        default=None, description="absent in older bundles: heatmaps then span 0 .. 2 x threshold"
+    score_range: ColourRange = Field(
+        description="[low, high] of the normalised score clip((image_score - low) / (high - low), 0, 1): "
+        "centred on the threshold (normalised 0.5), half-width threshold - median normal image score"
+    )
+    heatmap_range: HeatmapRanges
+    normal_statistics: NormalStatistics | None = Field(
+        default=None, description="present exactly when anomaly_map.fusion is calibrated"
     )
     loss_weight: float | None = Field(default=None, ge=0)
     routing: RoutingSummary = Field(default_factory=RoutingSummary)
@@ -229,12 +266,26 @@ class DomainSpec(_Strict):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"modality names repeated: {', '.join(duplicated)}")
-        if self.heatmap_range is not None and set(self.heatmap_range.modalities) != set(names):
-            ranged = ", ".join(sorted(self.heatmap_range.modalities))
+        for field, named in (
+            ("heatmap_range", self.heatmap_range),
+            ("normal_statistics", self.normal_statistics),
+        ):
+            if named is not None and set(named.modalities) != set(names):
+                listed = ", ".join(sorted(named.modalities))
+                raise ValueError(
+                    f"{field}.modalities has [{listed}], the modalities are [{', '.join(names)}]"
+                )
+        low, high = self.score_range
+        if not low < self.threshold < high:
             raise ValueError(
-                f"heatmap_range.modalities has [{ranged}], the modalities are [{', '.join(names)}]"
+                f"score_range {list(self.score_range)} must contain the threshold {self.threshold}"
             )
         return self
+
+    def normalized_score(self, image_score: float) -> float:
+        """The image score on [0, 1] with the threshold at 0.5 (anomalib's convention; see score_range)."""
+        low, high = self.score_range
+        return min(max((image_score - low) / (high - low), 0.0), 1.0)
 
     @property
     def modality_specs(self) -> list[ModalitySpec]:
@@ -247,7 +298,7 @@ DomainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$
 class Manifest(_Strict):
     """``manifest.json`` of a bundle (format version :data:`FORMAT_VERSION`)."""
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[2] = FORMAT_VERSION
     model_version: str = Field(min_length=1)
     preset: str = Field(min_length=1)
     created_at: AwareDatetime
@@ -266,6 +317,13 @@ class Manifest(_Strict):
             if domain.index in seen:
                 raise ValueError(f"domains {seen[domain.index]!r} and {name!r} share index {domain.index}")
             seen[domain.index] = name
+        calibrated = self.anomaly_map.fusion in CALIBRATED_FUSIONS
+        for name, domain in self.domains.items():
+            if (domain.normal_statistics is not None) != calibrated:
+                raise ValueError(
+                    f"domain {name!r}: normal_statistics must be present exactly when the fusion is calibrated "
+                    f"(fusion {self.anomaly_map.fusion!r})"
+                )
         return self
 
     def graph(self, kind: str) -> GraphSpec:
@@ -280,6 +338,7 @@ def manifest_json_schema() -> dict:
 
 
 __all__ = [
+    "CALIBRATED_FUSIONS",
     "FORMAT_VERSION",
     "GRAPH_KINDS",
     "MAX_MODALITIES",
@@ -290,8 +349,10 @@ __all__ = [
     "Graphs",
     "HeatmapRanges",
     "ImageScore",
+    "LevelStatistics",
     "Manifest",
     "ModalityEntry",
+    "NormalStatistics",
     "Normalization",
     "RoutingLeaders",
     "RoutingSummary",

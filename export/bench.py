@@ -22,11 +22,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from bundle.loader import load_bundle
+from export.build import statistics_bank, statistics_from_manifest
 from export.fold import kernel_banks
 from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
 from export.onnx_graph import check_graph
 from export.routing import routing_from_manifest
-from model.anomaly_map import AnomalyMaps, anomaly_maps
+from model.anomaly_map import AnomalyMaps, NormalStatistics, anomaly_maps
 from model.unimmad import UniMMAD
 
 BATCH_SIZES = (1, 8)
@@ -79,9 +80,10 @@ def matmul_gflops(min_seconds: float) -> float:
     return 2 * MATMUL_SIZE**3 * calls_per_second / GIGA
 
 
-def torch_maps(model: UniMMAD, images: torch.Tensor) -> AnomalyMaps:
-    """What the per-sample torch model answers for `images` [B, M, 3, S, S]: its anomaly maps and scores."""
-    return anomaly_maps(model(images), model.config)
+def torch_maps(model: UniMMAD, images: torch.Tensor, statistics: NormalStatistics | None) -> AnomalyMaps:
+    """What the per-sample torch model answers for `images` [B, M, 3, S, S] of a domain with `statistics`
+    ([1, M, L]): its anomaly maps and scores."""
+    return anomaly_maps(model(images), model.config, statistics)
 
 
 @torch.no_grad()
@@ -97,8 +99,12 @@ def bench(
     spec = manifest.domains[name]
     ordered = sorted(manifest.domains.values(), key=lambda entry: entry.index)
     frozen_torch = FrozenUniMMAD(
-        model, kernel_banks(model, [routing_from_manifest(e, model.config) for e in ordered])
+        model,
+        kernel_banks(model, [routing_from_manifest(e, model.config) for e in ordered]),
+        statistics_bank(ordered, model.config.max_modalities),
     )
+    statistics = statistics_from_manifest(spec)
+    statistics = None if statistics is None else statistics.as_batch()
     frozen_session = check_graph(bundle.graph("frozen").model)
     dynamic_session = check_graph(bundle.graph("dynamic").model)
     slots, size = len(spec.modalities), manifest.input_size
@@ -108,12 +114,12 @@ def bench(
     results = []
     for batch in tqdm(BATCH_SIZES, desc="benchmark", unit="batch size"):
         images = torch.randn(batch, slots, 3, size, size, generator=torch.Generator().manual_seed(batch))
-        feed = images.numpy()
-        run_frozen = partial(frozen_session.run, list(OUTPUT_NAMES), {"images": feed, "domain": domain_input})
-        run_dynamic = partial(dynamic_session.run, list(OUTPUT_NAMES), {"images": feed})
+        feeds = {"images": images.numpy(), "domain": domain_input}
+        run_frozen = partial(frozen_session.run, list(OUTPUT_NAMES), feeds)
+        run_dynamic = partial(dynamic_session.run, list(OUTPUT_NAMES), feeds)
         rates = interleaved_throughput(
             {
-                "torch_eager_per_sample": partial(torch_maps, model, images),
+                "torch_eager_per_sample": partial(torch_maps, model, images, statistics),
                 "ort_dynamic": run_dynamic,
                 "ort_frozen": run_frozen,
             },

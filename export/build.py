@@ -1,10 +1,12 @@
 """Checkpoint -> bundle: calibrate routing, fold kernels, export both graphs, set thresholds, write the manifest.
 
-for each domain: normal training refs --split_holdout--> (calibration refs, held-out refs)
+for each domain: normal training refs --RecordedHoldout.split--> (calibration refs, held-out refs)
                  calibration refs --per-sample gates--> frozen routing (export.calibration)
-frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --> model.onnx (+ data)   (export.frozen)
-per-sample routing ----------------------------------------> model_dynamic.onnx (+ data)
-held-out normals --model.onnx scores, maps--> threshold, heatmap colour ranges   (export.threshold)
+                 held-out refs --per-sample torch model--> normal statistics (model.calibration)
+frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --\
+normal statistics [D, S_max, L] (calibrated fusions) ------------+--> model.onnx (+ data)  (export.frozen)
+per-sample routing + the same statistics ----------------------------> model_dynamic.onnx (+ data)
+held-out normals --model.onnx scores, maps--> threshold, score range, heatmap colour ranges (export.threshold)
 manifest.json (validated by bundle.manifest) + calibration.json
 """
 
@@ -13,11 +15,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from bundle.loader import write_manifest
-from bundle.manifest import Manifest
+from bundle.manifest import DomainSpec, Manifest
 from export.calibration import DEFAULT_ROUTING_MODE, Calibration, calibrate
 from export.fold import kernel_banks
 from export.frozen import DynamicUniMMAD, FrozenUniMMAD
@@ -35,14 +35,21 @@ from export.onnx_graph import OPSET, check_graph, export_graph, graph_spec
 from export.precision import convert_to_fp16
 from export.samples import DomainData, batches
 from export.threshold import (
-    DEFAULT_TARGET_FPR,
+    MIN_HOLDOUT_IMAGES,
     NormalOutputs,
     Threshold,
-    choose_normals,
     choose_threshold,
     heatmap_ranges,
 )
-from model.data.holdout import split_holdout
+from model.anomaly_map import NormalStatistics
+from model.calibration import (
+    DEFAULT_TARGET_FPR,
+    RecordedHoldout,
+    fit_normal_statistics,
+    held_out_normals,
+    stack_statistics,
+)
+from model.config import CALIBRATED_FUSIONS
 from model.unimmad import UniMMAD
 
 logger = logging.getLogger(__name__)
@@ -50,8 +57,6 @@ logger = logging.getLogger(__name__)
 FROZEN_FILE = "model.onnx"
 DYNAMIC_FILE = "model_dynamic.onnx"
 CALIBRATION_FILE = "calibration.json"
-DEFAULT_HOLDOUT_FRACTION = 0.1
-DEFAULT_HOLDOUT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -59,33 +64,68 @@ class BundleOptions:
     """Everything `python -m export bundle` can change besides the checkpoint and data."""
 
     target_fpr: float = DEFAULT_TARGET_FPR
-    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
-    holdout_seed: int = DEFAULT_HOLDOUT_SEED
+    # The normals training held out (RecordedHoldout.from_run_config), for statistics and thresholds.
+    holdout: RecordedHoldout = field(default_factory=RecordedHoldout)
     batch_size: int = 8
     fp16: bool = False
     model_version: str = "unimmad"
-    holdout_ids: dict[str, list[str]] | None = None  # per domain, as training recorded them
     routing: str = DEFAULT_ROUTING_MODE  # export.calibration.ROUTING_MODES
 
 
-def run_holdout(run_config: dict[str, Any]) -> tuple[float, int, dict[str, list[str]] | None]:
-    """The holdout training recorded: fraction, seed (DEFAULT_* when none) and the held-out ids per domain."""
-    holdout = (run_config.get("data") or {}).get("holdout") or {}
-    return (
-        float(holdout.get("fraction", DEFAULT_HOLDOUT_FRACTION)),
-        int(holdout.get("seed", DEFAULT_HOLDOUT_SEED)),
-        holdout.get("ids"),
+def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]:
+    """(calibration refs, held-out refs) of a domain's normal training samples, as the run split them."""
+    return options.holdout.split(data.name, data.normal_train_refs())
+
+
+@dataclass(frozen=True)
+class DomainStatistics:
+    """A domain's normal statistics [M, L] and the images they were fitted on."""
+
+    statistics: NormalStatistics
+    split: str
+    n_images: int
+
+    def manifest_entry(self, modality_names: Sequence[str]) -> dict:
+        """The manifest's ``normal_statistics`` of the domain: per modality, location and scale per level."""
+        return {
+            "split": self.split,
+            "n_images": self.n_images,
+            "modalities": {
+                name: {
+                    "location": self.statistics.location[slot].tolist(),
+                    "scale": self.statistics.scale[slot].tolist(),
+                }
+                for slot, name in enumerate(modality_names)
+            },
+        }
+
+
+def statistics_from_manifest(spec: DomainSpec) -> NormalStatistics | None:
+    """A domain's normal statistics [M, L] as the manifest records them (None for uncalibrated fusions)."""
+    if spec.normal_statistics is None:
+        return None
+    entries = [spec.normal_statistics.modalities[m.name] for m in spec.modalities]
+    return NormalStatistics(
+        torch.tensor([entry.location for entry in entries]), torch.tensor([entry.scale for entry in entries])
     )
 
 
-def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]:
-    """(calibration refs, held-out refs) of a domain's normal training samples: the ids training held out
-    when it recorded them for this domain, else the same deterministic split_holdout rule."""
-    refs = data.normal_train_refs()
-    if options.holdout_ids is not None and data.name in options.holdout_ids:
-        held = set(options.holdout_ids[data.name])
-        return [ref for ref in refs if ref.id not in held], [ref for ref in refs if ref.id in held]
-    return split_holdout(refs, options.holdout_fraction, options.holdout_seed)
+def statistics_bank(specs: Sequence[DomainSpec], slots: int) -> NormalStatistics | None:
+    """The [D, slots, L] bank both graphs hold, rebuilt from the manifest's domains in index order."""
+    ordered = sorted(specs, key=lambda spec: spec.index)
+    per_domain = [statistics_from_manifest(spec) for spec in ordered]
+    if any(statistics is None for statistics in per_domain):
+        return None
+    return stack_statistics(per_domain, slots)
+
+
+def domain_statistics(model: UniMMAD, data: DomainData, options: BundleOptions) -> DomainStatistics:
+    """Normal statistics of one domain from its held-out normals (model.calibration, as evaluate fits them)."""
+    refs, split = held_out_normals(options.holdout, data.name, data.normal_train_refs())
+    if not refs:
+        raise ValueError(f"domain {data.name} has no normal training samples to fit its normal statistics")
+    images = (batch.images for batch in batches(data, refs, model.config, options.batch_size))
+    return DomainStatistics(fit_normal_statistics(model, images), split, len(refs))
 
 
 def graph_outputs(
@@ -96,31 +136,37 @@ def graph_outputs(
     model: UniMMAD,
     batch_size: int,
 ) -> NormalOutputs:
-    """Scores and maps of `refs` from a bundle graph (the frozen one gets the domain `index`)."""
+    """Scores and maps of `refs` from a bundle graph (fed the domain `index`)."""
     names = ["image_score", "modality_scores", "anomaly_map", "modality_maps"]
-    takes_domain = any(value.name == "domain" for value in session.get_inputs())
-    runs = []
-    for batch in batches(data, refs, model.config, batch_size):
-        feeds = {"images": batch.images.numpy()}
-        if takes_domain:
-            feeds["domain"] = np.array([index])
-        runs.append(session.run(names, feeds))
-    if not runs:  # nothing held out: empty outputs, so the caller falls back to the training normals
-        size, slots = model.config.image_size, len(data.domain.modalities)
-        shapes = ((0,), (0, slots), (0, size, size), (0, slots, size, size))
-        return NormalOutputs(*(np.zeros(shape, dtype=np.float32) for shape in shapes))
+    domain = np.array([index], dtype=np.int64)
+    runs = [
+        session.run(names, {"images": batch.images.numpy(), "domain": domain})
+        for batch in batches(data, refs, model.config, batch_size)
+    ]
+    if not runs:
+        raise ValueError(f"domain {data.name}: no normal images to run the graph on")
     return NormalOutputs(*(np.concatenate([run[i] for run in runs]) for i in range(len(names))))
+
+
+def threshold_normals(data: DomainData, options: BundleOptions) -> tuple[list, str]:
+    """The normal images a domain's threshold, score range and colour ranges come from, and their split's
+    name: the held-out normals, or the training normals (said so) when fewer than MIN_HOLDOUT_IMAGES."""
+    calibration_refs, holdout = split_normals(data, options)
+    if len(holdout) >= MIN_HOLDOUT_IMAGES:
+        return holdout, options.holdout.describe()
+    return (
+        calibration_refs,
+        f"train (fallback: only {len(holdout)} held-out normals, {MIN_HOLDOUT_IMAGES} needed)",
+    )
 
 
 def domain_threshold(
     session: ort.InferenceSession, data: DomainData, index: int, model: UniMMAD, options: BundleOptions
 ) -> tuple[Threshold, dict]:
-    """The decision threshold and heatmap colour ranges of one domain, from `session`'s outputs on the
-    held-out normal images (the training normals when too few were held out)."""
-    calibration_refs, holdout = split_normals(data, options)
-    split_name = f"holdout(fraction={options.holdout_fraction}, seed={options.holdout_seed})"
-    outputs = partial(graph_outputs, session, data, index=index, model=model, batch_size=options.batch_size)
-    normals, split = choose_normals(outputs(holdout), partial(outputs, calibration_refs), split_name)
+    """The decision threshold (with its score range) and heatmap colour ranges of one domain, from
+    `session`'s outputs on the domain's threshold_normals."""
+    refs, split = threshold_normals(data, options)
+    normals = graph_outputs(session, data, refs, index, model, options.batch_size)
     names = [spec.name for spec in data.domain.modalities]
     return choose_threshold(normals, options.target_fpr, split), heatmap_ranges(
         normals, names, options.target_fpr
@@ -149,15 +195,25 @@ def build_bundle(
             len(train),
         )
 
+    statistics = None
+    if config.anomaly_fusion in CALIBRATED_FUSIONS:
+        statistics = [domain_statistics(model, data, options) for data in domains]
+        for data, fitted in zip(domains, statistics):
+            logger.info(
+                "domain %s: normal statistics from %d images (%s)", data.name, fitted.n_images, fitted.split
+            )
+    bank = (
+        None
+        if statistics is None
+        else stack_statistics([fitted.statistics for fitted in statistics], config.max_modalities)
+    )
     banks = kernel_banks(model, [calibration.routing for calibration in calibrations])
     # Two samples and two slots: torch.export specialises any dimension traced at size 1.
-    example = torch.zeros(2, 2, 3, config.image_size, config.image_size)
+    example = (torch.zeros(2, 2, 3, config.image_size, config.image_size), torch.tensor([0]))
     logger.info("exporting the frozen graph")
-    export_graph(
-        FrozenUniMMAD(model, banks), (example, torch.tensor([0])), out / FROZEN_FILE, with_domain=True
-    )
+    export_graph(FrozenUniMMAD(model, banks, bank), example, out / FROZEN_FILE)
     logger.info("exporting the dynamic graph")
-    export_graph(DynamicUniMMAD(model), (example,), out / DYNAMIC_FILE, with_domain=False)
+    export_graph(DynamicUniMMAD(model, bank), example, out / DYNAMIC_FILE)
     if options.fp16:
         for name in (FROZEN_FILE, DYNAMIC_FILE):
             convert_to_fp16(out / name)
@@ -170,7 +226,7 @@ def build_bundle(
         threshold, colour_range = domain_threshold(session, data, index, model, options)
         thresholds.append(threshold)
         ranges.append(colour_range)
-    manifest = make_manifest(model, domains, calibrations, thresholds, ranges, out, options)
+    manifest = make_manifest(model, domains, calibrations, thresholds, ranges, statistics, out, options)
     write_manifest(out, manifest)
     calibration_report = {
         data.name: calibration.summary(config.kernel_sizes)
@@ -187,6 +243,7 @@ def make_manifest(
     calibrations: Sequence[Calibration],
     thresholds: Sequence[Threshold],
     ranges: Sequence[dict],
+    statistics: Sequence[DomainStatistics] | None,
     out: Path,
     options: BundleOptions,
 ) -> Manifest:
@@ -202,7 +259,11 @@ def make_manifest(
             "modalities": [spec.to_dict() for spec in data.domain.modalities],
             "threshold": threshold.value,
             "threshold_method": threshold.method_entry(),
+            "score_range": threshold.score_range,
             "heatmap_range": heatmap_range,
+            "normal_statistics": None
+            if statistics is None
+            else statistics[index].manifest_entry(data.domain.modality_names),
             "loss_weight": data.domain.loss_weight,
             "routing": {
                 "mode": calibration.mode,
@@ -225,7 +286,7 @@ def make_manifest(
                 "fraction": config.top_pixels / config.image_size**2,
             },
             "anomaly_map": {
-                "fusion": "rss",
+                "fusion": config.anomaly_fusion,
                 "blur_sigma": config.blur_sigma,
                 "blur_kernel": config.blur_kernel,
             },

@@ -25,8 +25,9 @@ from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
 from export.onnx_graph import check_graph, export_graph
 from export.routing import DomainRouting
 from export.slot_conv import SLOT_CONVS
-from model.config import preset
-from model.unimmad import UniMMAD
+from model.anomaly_map import NormalStatistics
+from model.config import CALIBRATED_FUSIONS, UniMMADConfig, preset
+from model.unimmad import LEVELS, UniMMAD
 
 
 def uniform_routing(slots: int, levels: int, branches: int, top_k: int) -> DomainRouting:
@@ -34,11 +35,19 @@ def uniform_routing(slots: int, levels: int, branches: int, top_k: int) -> Domai
     return DomainRouting(idx, torch.full((slots, levels, branches, top_k), 1 / top_k))
 
 
+def neutral_statistics(config: UniMMADConfig, domains: int) -> NormalStatistics | None:
+    """Statistics that leave distances as they are (location 0, scale 1) when the fusion needs some."""
+    if config.anomaly_fusion not in CALIBRATED_FUSIONS:
+        return None
+    shape = (domains, config.max_modalities, LEVELS)
+    return NormalStatistics(torch.zeros(shape), torch.ones(shape))
+
+
 def measure(preset_name: str, min_seconds: float) -> dict:
     config = preset(preset_name).replace(prior_weights=None, encoder_weights=None)
     torch.manual_seed(0)
     model = UniMMAD(config, allow_random_prior=True).eval()
-    routing = uniform_routing(config.max_modalities, 3, len(config.kernel_sizes), config.top_k)
+    routing = uniform_routing(config.max_modalities, LEVELS, len(config.kernel_sizes), config.top_k)
     banks = kernel_banks(model, [routing, routing])
     size = config.image_size
     results: dict = {}
@@ -46,10 +55,9 @@ def measure(preset_name: str, min_seconds: float) -> dict:
         for method in SLOT_CONVS:
             path = Path(folder) / f"{method}.onnx"
             export_graph(
-                FrozenUniMMAD(model, banks, method),
+                FrozenUniMMAD(model, banks, neutral_statistics(config, domains=2), method=method),
                 (torch.zeros(2, 2, 3, size, size), torch.tensor([0])),
                 path,
-                with_domain=True,
             )
             session = check_graph(path)
             for slots in (1, 3):

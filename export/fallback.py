@@ -1,10 +1,24 @@
-"""`export verify --fallback`: serve a domain with per-sample routing where freezing costs too much accuracy.
+"""`export verify --fallback`: serve a domain with per-sample routing where the frozen routing strays from it.
 
-A domain whose verify entry misses the image or pixel AUROC budget gets ``graph: dynamic`` in the
-manifest, every other verified domain ``graph: frozen``. For each domain whose graph changes, the
-threshold and heatmap colour ranges are recomputed from the new graph on the same held-out normal images
-(export.build.domain_threshold), so a decision keeps its false-positive rate whichever graph serves it.
-Only manifest.json changes (rewritten atomically); the graphs and their checksums stay as they are.
+The decision is made on the validation split, never on test: the domain's threshold normals (the
+held-out normal images its threshold comes from, export.build.threshold_normals) run through both graphs,
+and the frozen graph keeps the domain when it follows the dynamic (per-sample, reference) graph closely:
+
+- decisions: the mean absolute difference of the two graphs' normalised scores, each normalised by its
+  own threshold and score range (model.calibration), is at most MAX_NORMALIZED_SCORE_GAP. A constant
+  offset between the graphs is absorbed by their own thresholds; what remains is how much freezing
+  moves an image relative to the decision: 0.05 is a tenth of the way from a typical normal (0) to the
+  threshold (0.5);
+- heatmaps: the Pearson correlation of the two graphs' fused maps over every pixel of those images is at
+  least MIN_MAP_CORRELATION, so the frozen graph shows the same places.
+
+A normal-only signal cannot see how routing reacts to a defect; `export verify` still reports the test
+split's AUROC with both routings next to the budget, so that blind spot stays visible.
+
+A domain whose graph changes gets its threshold, score range and heatmap colour ranges recomputed from
+the new graph on the same normals (export.build.domain_threshold), so a decision keeps its false-positive
+rate whichever graph serves it. Only manifest.json changes (rewritten atomically); the graphs and their
+checksums stay as they are.
 """
 
 from __future__ import annotations
@@ -15,22 +29,75 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
+
 from bundle.loader import load_bundle, write_manifest
 from bundle.manifest import GraphKind
-from export.build import BundleOptions, domain_threshold
+from export.build import BundleOptions, domain_threshold, graph_outputs, threshold_normals
 from export.onnx_graph import check_graph
 from export.samples import DomainData
+from model.calibration import normalized_scores, quantile_threshold, score_range
 from model.unimmad import UniMMAD
 
 logger = logging.getLogger(__name__)
 
+MAX_NORMALIZED_SCORE_GAP = 0.05
+MIN_MAP_CORRELATION = 0.95
+
+
+def normalized(scores: np.ndarray, target_fpr: float) -> np.ndarray:
+    """Normal images' scores [n] normalised by the threshold and score range they set themselves."""
+    threshold = quantile_threshold(scores, target_fpr)
+    return normalized_scores(scores, score_range(scores, threshold))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equally shaped arrays over all elements (1 for identical constants)."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    spread = a.std() * b.std()
+    if spread == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(((a - a.mean()) * (b - b.mean())).mean() / spread)
+
+
+def validation_agreement(
+    frozen: ort.InferenceSession,
+    dynamic: ort.InferenceSession,
+    data: DomainData,
+    index: int,
+    model: UniMMAD,
+    options: BundleOptions,
+) -> dict[str, Any]:
+    """How closely the frozen graph follows the dynamic one on the domain's threshold normals, and the
+    verdict of the module's rule (`frozen_ok`)."""
+    refs, split = threshold_normals(data, options)
+    outputs = [
+        graph_outputs(session, data, refs, index, model, options.batch_size) for session in (frozen, dynamic)
+    ]
+    gap = float(
+        np.abs(
+            normalized(outputs[0].image_scores, options.target_fpr)
+            - normalized(outputs[1].image_scores, options.target_fpr)
+        ).mean()
+    )
+    maps = correlation(outputs[0].fused_maps, outputs[1].fused_maps)
+    return {
+        "split": split,
+        "images": len(refs),
+        "normalized_score_gap": gap,
+        "map_correlation": maps,
+        "rule": {
+            "max_normalized_score_gap": MAX_NORMALIZED_SCORE_GAP,
+            "min_map_correlation": MIN_MAP_CORRELATION,
+        },
+        "frozen_ok": gap <= MAX_NORMALIZED_SCORE_GAP and maps >= MIN_MAP_CORRELATION,
+    }
+
 
 def chosen_graph(entry: dict[str, Any]) -> GraphKind:
-    """'dynamic' when a verify report entry says the frozen routing misses a budget, else 'frozen'."""
-    missed = any(
-        entry.get(metric, {}).get("within_goal") is False for metric in ("image_auroc", "pixel_auroc")
-    )
-    return "dynamic" if missed else "frozen"
+    """'dynamic' when a verify report entry's validation check finds the frozen graph straying, else 'frozen'."""
+    return "frozen" if entry["validation"]["frozen_ok"] else "dynamic"
 
 
 def apply_fallback(
@@ -62,6 +129,7 @@ def apply_fallback(
                 "graph": graph,
                 "threshold": threshold.value,
                 "threshold_method": threshold.method_entry(),
+                "score_range": threshold.score_range,
                 "heatmap_range": colour_range,
             }
         )

@@ -5,10 +5,12 @@
       -> per level: conv_share -> per branch: pre -> slot conv with bank[domain] -> post's GN + ReLU
          -> conv_out_first                                       (router path removed, spec 11.4)
       -> anomaly maps (fusion, blur, top fraction)               (model.anomaly_map, unchanged)
+         with normal statistics[domain] when the fusion is calibrated
       -> anomaly_map [B,S,S], modality_maps [B,M,S,S], image_score [B], modality_scores [B,M]
 
 The banks are buffers [D, max_modalities, E, E, k, k] (see export.fold); `domain` gathers one domain's
-kernels at run time, so the graph never duplicates the trunk per domain.
+kernels at run time, so the graph never duplicates the trunk per domain. The dynamic graph (per-sample
+routing) takes the same inputs: `domain` selects its normal statistics (unused by uncalibrated fusions).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from export.routing import slot_major_pairs
 from export.slot_conv import DEFAULT_SLOT_CONV, slot_conv
-from model.anomaly_map import anomaly_maps
+from model.anomaly_map import NormalStatistics, anomaly_maps
 from model.cmoe import CMoE
 from model.stem import shared_input
 from model.unimmad import UniMMAD, UniMMADOutput
@@ -50,12 +52,39 @@ class FrozenCMoE(nn.Module):
         return self.conv_out_first(torch.cat(outputs, dim=1))
 
 
-class FrozenUniMMAD(nn.Module):
-    """forward(images [B,M,3,S,S], domain int64 [1]) -> (anomaly_map, modality_maps, image_score, modality_scores)."""
+class DomainStatistics(nn.Module):
+    """Per-domain normal statistics held as buffers [D, M_max, L]; forward(domain [1]) -> [1, M_max, L] each.
 
-    def __init__(self, model: UniMMAD, banks: list[list[Tensor]], method: str = DEFAULT_SLOT_CONV) -> None:
+    None (uncalibrated fusion) holds nothing and returns None."""
+
+    def __init__(self, statistics: NormalStatistics | None) -> None:
+        super().__init__()
+        self.calibrated = statistics is not None
+        if statistics is not None:
+            self.register_buffer("location", statistics.location.contiguous())
+            self.register_buffer("scale", statistics.scale.contiguous())
+
+    def forward(self, domain: Tensor) -> NormalStatistics | None:
+        if not self.calibrated:
+            return None
+        return NormalStatistics(self.location.index_select(0, domain), self.scale.index_select(0, domain))
+
+
+class FrozenUniMMAD(nn.Module):
+    """forward(images [B,M,3,S,S], domain int64 [1]) -> (anomaly_map, modality_maps, image_score, modality_scores).
+
+    statistics: [D, M_max, L] per domain (export.build), None for uncalibrated fusions."""
+
+    def __init__(
+        self,
+        model: UniMMAD,
+        banks: list[list[Tensor]],
+        statistics: NormalStatistics | None = None,
+        method: str = DEFAULT_SLOT_CONV,
+    ) -> None:
         super().__init__()
         self.config = model.config
+        self.statistics = DomainStatistics(statistics)
         self.prior = model.prior
         self.stem = model.stem
         self.encoder = model.encoder
@@ -78,17 +107,19 @@ class FrozenUniMMAD(nn.Module):
         return UniMMADOutput(priors, predictions, pair_sample, pair_slot, present, [], images.new_zeros(()))
 
     def forward(self, images: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        maps = anomaly_maps(self.network_output(images, domain), self.config)
+        maps = anomaly_maps(self.network_output(images, domain), self.config, self.statistics(domain))
         return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores
 
 
 class DynamicUniMMAD(nn.Module):
-    """Per-sample routing through the static base bank (kernel_mode="bank"), same I/O minus `domain`."""
+    """Per-sample routing through the static base bank (kernel_mode="bank"), the same I/O as the frozen graph."""
 
-    def __init__(self, model: UniMMAD) -> None:
+    def __init__(self, model: UniMMAD, statistics: NormalStatistics | None = None) -> None:
         super().__init__()
         self.model = model
+        self.statistics = DomainStatistics(statistics)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        maps = anomaly_maps(self.model(images, kernel_mode="bank"), self.model.config)
+    def forward(self, images: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        output = self.model(images, kernel_mode="bank")
+        maps = anomaly_maps(output, self.model.config, self.statistics(domain))
         return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores

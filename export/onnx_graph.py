@@ -1,7 +1,7 @@
 """torch -> ONNX with the dynamo exporter, then prove the file is usable: onnx.checker and an ORT session.
 
-Both graphs take images float32 [batch, modalities, 3, S, S] with symbolic `batch` and `modalities`;
-the frozen graph also takes domain int64 [1]. torch 2.13's exporter keeps the weights in an external
+Both graphs take images float32 [batch, modalities, 3, S, S] with symbolic `batch` and `modalities`,
+and domain int64 [1]. torch 2.13's exporter keeps the weights in an external
 data file beside the .onnx (`<file>.data`); the bundle ships it and records its sha256.
 """
 
@@ -22,6 +22,7 @@ from export.frozen import OUTPUT_NAMES
 logger = logging.getLogger(__name__)
 
 OPSET = 18
+INPUT_NAMES = ("images", "domain")
 MAX_BATCH = 4096
 DTYPE_NAMES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -34,21 +35,18 @@ class ExportError(RuntimeError):
     """The exported graph failed a check; the message is one line."""
 
 
-def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, with_domain: bool) -> None:
-    """Export `module` (eval mode) to `path` (+ external data), opset OPSET, dynamic batch and modalities."""
+def export_graph(module: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
+    """Export `module` (eval mode; forward(images, domain)) to `path` (+ external data), opset OPSET,
+    dynamic batch and modalities."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     modalities = torch.export.Dim("modalities", min=1, max=4)
-    dynamic = {"images": {0: batch, 1: modalities}}
-    input_names = ["images"]
-    if with_domain:
-        dynamic["domain"] = None
-        input_names.append("domain")
+    dynamic = {"images": {0: batch, 1: modalities}, "domain": None}
     program = torch.onnx.export(
         module.eval(),
         example,
         dynamo=True,
         opset_version=OPSET,
-        input_names=input_names,
+        input_names=list(INPUT_NAMES),
         output_names=list(OUTPUT_NAMES),
         dynamic_shapes=dynamic,
         verbose=False,

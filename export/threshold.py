@@ -1,9 +1,11 @@
-"""Per-domain decision threshold and heatmap colour ranges from normal images nobody trained on.
+"""Per-domain decision threshold, normalised-score range and heatmap colour ranges from normal images
+nobody trained on (the run's held-out normals: the validation split, never test).
 
 Method "normal_quantile": the threshold is the (1 - target_fpr) quantile of the held-out normal images'
-frozen-graph image scores (numpy's "higher" method, so at most target_fpr of them score above it). With
-fewer than MIN_HOLDOUT_IMAGES held-out normals the estimate is meaningless; the training normals are used
-instead and the manifest's `split` says so.
+image scores from the graph serving the domain (model.calibration.quantile_threshold), and the normalised
+score's range is centred on it (model.calibration.score_range). With fewer than MIN_HOLDOUT_IMAGES
+held-out normals the estimate is meaningless; the training normals are used instead and the manifest's
+`split` says so.
 
 Heatmap colour ranges come from the same normal images. Anomaly maps of this model sit on a large
 per-domain baseline, so a ramp anchored at 0 paints every pixel the same mid colour. Per map (fused and
@@ -16,16 +18,15 @@ normal images stay below it and defects reach the top of the ramp.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from model.calibration import MIN_RELATIVE_SPAN, quantile_threshold, score_range
+
 METHOD = "normal_quantile"
-DEFAULT_TARGET_FPR = 0.05
 MIN_HOLDOUT_IMAGES = 5
-# Smallest colour span relative to the baseline, for maps that are (nearly) constant on normal images.
-MIN_RELATIVE_SPAN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Threshold:
     target_fpr: float
     n_images: int
     split: str
+    score_range: tuple[float, float]  # of the normalised score, threshold in the middle
 
     def method_entry(self) -> dict:
         """The manifest's ``threshold_method`` of this threshold."""
@@ -60,27 +62,11 @@ class NormalOutputs:
         return int(self.image_scores.size)
 
 
-def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
-    """The (1 - target_fpr) quantile of normal image scores [n] (n >= 1)."""
-    if not 0 <= target_fpr < 1:
-        raise ValueError(f"target false positive rate must be within [0, 1), got {target_fpr}")
-    if normal_scores.size == 0:
-        raise ValueError("a threshold needs at least one normal image score")
-    return float(np.quantile(normal_scores, 1 - target_fpr, method="higher"))
-
-
-def choose_normals(
-    holdout: NormalOutputs, train: Callable[[], NormalOutputs], holdout_split: str
-) -> tuple[NormalOutputs, str]:
-    """The held-out normals and their split name, or `train()` (called only then) when too few are held out."""
-    if holdout.count >= MIN_HOLDOUT_IMAGES:
-        return holdout, holdout_split
-    return train(), f"train (fallback: only {holdout.count} held-out normals, {MIN_HOLDOUT_IMAGES} needed)"
-
-
 def choose_threshold(normals: NormalOutputs, target_fpr: float, split: str) -> Threshold:
     value = quantile_threshold(normals.image_scores, target_fpr)
-    return Threshold(value, METHOD, target_fpr, normals.count, split)
+    return Threshold(
+        value, METHOD, target_fpr, normals.count, split, score_range(normals.image_scores, value)
+    )
 
 
 def colour_range(

@@ -6,15 +6,20 @@ Report (JSON):
   mixes) vs the folded kernels (C-MoE predictions of every level, every test batch);
 - onnxruntime: max abs diff of every output, frozen graph vs torch forced routing and dynamic graph vs
   torch per-sample routing, on the same inputs;
-- per domain: image and pixel AUROC with per-sample routing (torch) and frozen routing (the frozen ONNX
-  graph the service runs), their difference, and whether it is within the goal
-  (IMAGE_AUROC_GOAL / PIXEL_AUROC_GOAL).
+- per domain, on the test split: image and pixel AUROC with per-sample routing (torch) and frozen routing
+  (the frozen ONNX graph), their difference and whether it is within the goal (IMAGE_AUROC_GOAL /
+  PIXEL_AUROC_GOAL); and the false-positive rate the serving graph's threshold reaches on the test
+  normals next to the target it was set for on the validation split;
+- per domain, on the validation split (the held-out normals the thresholds come from): how closely the
+  frozen graph follows the dynamic one (export.fallback.validation_agreement), which is what
+  `--fallback` decides on. The test figures never choose anything.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,9 @@ import torch
 from tqdm import tqdm
 
 from bundle.loader import Bundle, load_bundle
+from bundle.manifest import DomainSpec
+from export.build import BundleOptions, statistics_bank, statistics_from_manifest
+from export.fallback import validation_agreement
 from export.fold import kernel_banks
 from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
 from export.onnx_graph import check_graph
@@ -60,6 +68,17 @@ def auroc_entry(per_sample: float | None, frozen: float | None, goal: float) -> 
     }
 
 
+def false_positive_rate(spec: DomainSpec, normal_scores: np.ndarray) -> dict[str, Any]:
+    """The serving graph's threshold on the test normals' scores [n] of that graph, next to its target."""
+    return {
+        "graph": spec.graph,
+        "target": spec.threshold_method.target_fpr,
+        "test_normals": float((normal_scores > spec.threshold).mean()) if normal_scores.size else None,
+        "test_normal_images": int(normal_scores.size),
+        "threshold_split": spec.threshold_method.split,
+    }
+
+
 def check_bundle_matches(bundle: Bundle, model: UniMMAD, domains: Sequence[DomainData]) -> None:
     """ValueError unless the checkpoint and the data fit the bundle (size, domains and their modalities)."""
     manifest = bundle.manifest
@@ -85,20 +104,23 @@ def verify(
     bundle_path: Path,
     model: UniMMAD,
     domains: Sequence[DomainData],
-    batch_size: int = 8,
+    options: BundleOptions,
     image_goal: float = IMAGE_AUROC_GOAL,
     pixel_goal: float = PIXEL_AUROC_GOAL,
 ) -> dict[str, Any]:
-    """The verification report of the bundle at `bundle_path` against `model` on the test split of `domains`.
+    """The verification report of the bundle at `bundle_path` against `model` on `domains` (test split,
+    and the validation split `options.holdout` names).
 
     image_goal, pixel_goal: the largest AUROC loss (as a fraction) frozen routing may cost a domain.
     """
+    batch_size = options.batch_size
     bundle = load_bundle(bundle_path)
     check_bundle_matches(bundle, model, domains)
     manifest = bundle.manifest
     ordered = sorted(manifest.domains.items(), key=lambda item: item[1].index)
     routings = [routing_from_manifest(spec, model.config) for _, spec in ordered]
-    frozen_torch = FrozenUniMMAD(model, kernel_banks(model, routings)).eval()
+    bank = statistics_bank(list(manifest.domains.values()), model.config.max_modalities)
+    frozen_torch = FrozenUniMMAD(model, kernel_banks(model, routings), bank).eval()
     frozen_session = check_graph(bundle.graph("frozen").model)
     dynamic_session = check_graph(bundle.graph("dynamic").model)
 
@@ -108,26 +130,27 @@ def verify(
     for data in tqdm(domains, desc="verifying", unit="domain"):
         spec = manifest.domains[data.name]
         routing = routings[spec.index]
+        statistics = statistics_from_manifest(spec)
+        statistics = None if statistics is None else statistics.as_batch()
+        domain = torch.tensor([spec.index])
         refs = data.test_refs()
         collected: dict[str, list[np.ndarray]] = {
-            key: [] for key in ("labels", "masks", "ps_score", "ps_map", "fz_score", "fz_map")
+            key: [] for key in ("labels", "masks", "ps_score", "ps_map", "fz_score", "fz_map", "dy_score")
         }
         for batch in batches(data, refs, model.config, batch_size):
             images = batch.images
             count, slots = images.shape[:2]
-            domain = torch.tensor([spec.index])
-            per_sample = anomaly_maps(model(images), model.config)
+            per_sample = anomaly_maps(model(images), model.config, statistics)
             forced_output = model(
                 images, routing=forced_routing(routing, slot_major_pairs(count, slots)[1]), kernel_mode="bank"
             )
-            forced = anomaly_maps(forced_output, model.config)
+            forced = anomaly_maps(forced_output, model.config, statistics)
             folded_output = frozen_torch.network_output(images, domain)
             for reference, folded in zip(forced_output.predictions, folded_output.predictions):
                 fold_diff = _max_diff(fold_diff, reference, folded)
-            frozen_ort = frozen_session.run(
-                list(OUTPUT_NAMES), {"images": images.numpy(), "domain": domain.numpy()}
-            )
-            dynamic_ort = dynamic_session.run(list(OUTPUT_NAMES), {"images": images.numpy()})
+            feeds = {"images": images.numpy(), "domain": domain.numpy()}
+            frozen_ort = frozen_session.run(list(OUTPUT_NAMES), feeds)
+            dynamic_ort = dynamic_session.run(list(OUTPUT_NAMES), feeds)
             for name, got_frozen, got_dynamic, want_frozen, want_dynamic in zip(
                 OUTPUT_NAMES, frozen_ort, dynamic_ort, forced, per_sample
             ):
@@ -139,8 +162,14 @@ def verify(
             collected["ps_map"].append(per_sample.fused.numpy())
             collected["fz_score"].append(frozen_ort[2])
             collected["fz_map"].append(frozen_ort[0])
+            collected["dy_score"].append(dynamic_ort[2])
+        target_fpr = spec.threshold_method.target_fpr
+        domain_options = options if target_fpr is None else replace(options, target_fpr=target_fpr)
+        validation = validation_agreement(
+            frozen_session, dynamic_session, data, spec.index, model, domain_options
+        )
         if not refs:
-            report_domains[data.name] = {"test_samples": 0}
+            report_domains[data.name] = {"test_samples": 0, "validation": validation}
             continue
         values = {key: np.concatenate(parts) for key, parts in collected.items()}
         has_masks = bool(values["masks"].any())
@@ -162,6 +191,10 @@ def verify(
                 image_goal,
             ),
             "pixel_auroc": auroc_entry(*pixel, pixel_goal),
+            "false_positive_rate": false_positive_rate(
+                spec, values["fz_score" if spec.graph == "frozen" else "dy_score"][values["labels"] == 0]
+            ),
+            "validation": validation,
         }
     return {
         "bundle": str(bundle.root),

@@ -21,6 +21,7 @@ Without ``reduce_to`` (training) nothing changes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 from collections.abc import Callable
@@ -100,6 +101,27 @@ def decode_bytes(
         )
     array = _DECODERS[file_format](data, max_pixels, reduce_to)
     return canonical_array(array, max_pixels=max_pixels)
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of a file :func:`decode_bytes` accepts, from its header alone: the size of the
+    upload itself, whatever ``reduce_to`` later decodes (the service returns heatmaps at this size)."""
+    file_format = sniff_format(bytes(data[:8]))
+    try:
+        if file_format == "npy":
+            return tuple(_npy_header(io.BytesIO(data))[0][:2])
+        if file_format == "tiff":
+            # As in _decode_tiff, Pillow reads what tifffile cannot.
+            with contextlib.suppress(Exception), tifffile.TiffFile(io.BytesIO(data)) as tiff:
+                return tuple(tiff.series[0].shape[:2])
+        if file_format is not None:
+            with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[file_format]]) as image:
+                return image.height, image.width
+    except ModalityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile headers make decoder plugins raise almost any type
+        raise ModalityError("corrupt_image", f"cannot read the image size: {exc}") from None
+    raise ModalityError("unsupported_format", "unrecognised file format; cannot read the image size")
 
 
 def read_file(path: str | PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -196,19 +218,23 @@ def _subsampled_page(page: tifffile.TiffPage, shape: tuple[int, ...], factors: t
     return out
 
 
-def _decode_npy(data: bytes, max_pixels: int, reduce_to: int | None) -> np.ndarray:
-    stream = io.BytesIO(data)
+def _npy_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of a .npy stream, which is left at the first data byte."""
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+            return np.lib.format.read_array_header_1_0(stream)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(stream)
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
     except Exception as exc:  # noqa: BLE001 - the header parser (ast, tokenize) raises ValueError,
         # SyntaxError, TokenError ... on hostile input
         raise ModalityError("bad_npy", f"malformed .npy header: {exc}") from None
+
+
+def _decode_npy(data: bytes, max_pixels: int, reduce_to: int | None) -> np.ndarray:
+    stream = io.BytesIO(data)
+    shape, fortran_order, dtype = _npy_header(stream)
     if dtype.hasobject:
         raise ModalityError("bad_array_dtype", "object (pickled) .npy arrays are not accepted")
     check_dtype(dtype)

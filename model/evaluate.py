@@ -5,12 +5,17 @@ modality's own map and score (what every modality finds alone), the image AUROC 
 the data says which modality shows a defect (``meta["defect_modality"]``, the synthetic set), and, where
 some samples have a blank depth image (``meta["blank_depth"]``, MulSen), everything again without them.
 Maps are computed per sample, so the batch size never changes a number.
+
+Everything fitted comes from the run's held-out normals (the validation split, model.calibration), as the
+exporter fits it: the normal statistics of calibrated fusion, and the decision threshold with its
+normalised-score range. The report gives per domain the false-positive rate that threshold reaches on
+the test normals next to its target, and every test image's raw and normalised score.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,23 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import ndimage
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.anomaly_map import anomaly_maps
-from model.data.loader import MultiDomainDataset, collate
+from model.anomaly_map import NormalStatistics, anomaly_maps
+from model.calibration import (
+    DEFAULT_TARGET_FPR,
+    RecordedHoldout,
+    fit_normal_statistics,
+    held_out_normals,
+    normalized_scores,
+    quantile_threshold,
+    score_range,
+    stack_statistics,
+)
+from model.config import CALIBRATED_FUSIONS
+from model.data.loader import MAX_MODALITIES, MultiDomainDataset, collate
 from model.data.sample import Domain, Source
 from model.metrics import METRIC_KEYS, aggregate, compute_metrics, image_metrics
 from model.unimmad import UniMMAD
@@ -53,6 +70,7 @@ class DomainOutputs:
 
     domain: Domain
     indices: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     maps: list[np.ndarray] = field(default_factory=list)
@@ -74,11 +92,112 @@ class DomainOutputs:
         return stacked if keep is None else {name: value[keep] for name, value in stacked.items()}
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What a domain's held-out normals fix: normal statistics (calibrated fusions) and the threshold."""
+
+    split: str
+    images: int
+    statistics: NormalStatistics | None  # [M, L]
+    threshold: float
+    target_fpr: float
+    score_range: tuple[float, float]
+
+    def report(self, test_labels: np.ndarray, test_scores: np.ndarray) -> dict[str, Any]:
+        """The decision entry of a domain report: threshold, its split, and the rates it reaches on test."""
+        normal, defective = test_scores[test_labels == 0], test_scores[test_labels == 1]
+        return {
+            "threshold": self.threshold,
+            "score_range": list(self.score_range),
+            "validation": {"split": self.split, "normal_images": self.images},
+            "target_fpr": self.target_fpr,
+            "false_positive_rate": float((normal > self.threshold).mean()) if normal.size else None,
+            "true_positive_rate": float((defective > self.threshold).mean()) if defective.size else None,
+        }
+
+
+def normal_image_batches(
+    dataset: MultiDomainDataset, indices: list[int], batch_size: int, device: torch.device
+) -> Iterator[Tensor]:
+    """Images [B, M, 3, S, S] of `indices` (all of one domain with M modalities), `batch_size` at a time."""
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[index] for index in indices[start : start + batch_size]]
+        yield torch.stack([item["images"][: item["modality_count"]] for item in items]).to(device)
+
+
+@torch.no_grad()
+def fit_validation(
+    model: UniMMAD,
+    sources: Sequence[Source],
+    domains: Sequence[str],
+    holdout: RecordedHoldout,
+    target_fpr: float,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, Validation]:
+    """Per domain, from its held-out normal training images: normal statistics when the fusion is
+    calibrated, then the threshold and score range of the per-sample model's scores on the same images."""
+    config = model.config
+    train = MultiDomainDataset(
+        sources, "train", config.image_size, domains=domains, mean=config.mean, std=config.std
+    )
+    positions: dict[str, dict[str, int]] = {name: {} for name in train.domains}
+    normals: dict[str, list] = {name: [] for name in train.domains}
+    for position, item in enumerate(train.items):
+        if item.ref.label == 0:
+            positions[item.ref.domain][item.ref.id] = position
+            normals[item.ref.domain].append(item.ref)
+    was_training = model.training
+    model.eval()
+    fitted = {}
+    try:
+        for name in train.domains:
+            refs, split = held_out_normals(holdout, name, normals[name])
+            if not refs:
+                raise ValueError(f"domain {name} has no normal training images to calibrate on")
+            indices = [positions[name][ref.id] for ref in refs]
+            statistics = None
+            if config.anomaly_fusion in CALIBRATED_FUSIONS:
+                statistics = fit_normal_statistics(
+                    model, normal_image_batches(train, indices, batch_size, device)
+                )
+            batched = None if statistics is None else statistics.as_batch()
+            scores = np.concatenate(
+                [
+                    anomaly_maps(model(images), config, batched).image_score.float().cpu().numpy()
+                    for images in normal_image_batches(train, indices, batch_size, device)
+                ]
+            )
+            threshold = quantile_threshold(scores, target_fpr)
+            fitted[name] = Validation(
+                split, len(refs), statistics, threshold, target_fpr, score_range(scores, threshold)
+            )
+    finally:
+        model.train(was_training)
+    return fitted
+
+
+def sample_statistics(
+    statistics: dict[str, NormalStatistics], domains: Sequence[str], device: torch.device
+) -> NormalStatistics:
+    """Per-sample statistics [B, MAX_MODALITIES, L] of a batch whose samples belong to `domains` [B]."""
+    names = list(statistics)
+    bank = stack_statistics([statistics[name] for name in names], MAX_MODALITIES)
+    rows = torch.tensor([names.index(name) for name in domains])
+    return NormalStatistics(bank.location[rows].to(device), bank.scale[rows].to(device))
+
+
 @torch.no_grad()
 def collect_outputs(
-    model: UniMMAD, dataset: MultiDomainDataset, batch_size: int, device: torch.device, workers: int = 0
+    model: UniMMAD,
+    dataset: MultiDomainDataset,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    statistics: dict[str, NormalStatistics] | None = None,
 ) -> dict[str, DomainOutputs]:
-    """Run the model over ``dataset`` in order; per domain, every sample's maps, scores and labels."""
+    """Run the model over ``dataset`` in order; per domain, every sample's maps, scores and labels
+    (calibrated fusions need ``statistics``: each domain's [M, L])."""
     outputs = {name: DomainOutputs(domain) for name, domain in dataset.domains.items()}
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers
@@ -89,7 +208,11 @@ def collect_outputs(
     try:
         for batch in tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True):
             count = batch["modality_count"]
-            maps = anomaly_maps(model(batch["images"].to(device), count.to(device)), model.config)
+            output = model(batch["images"].to(device), count.to(device))
+            per_sample = (
+                None if statistics is None else sample_statistics(statistics, batch["domains"], device)
+            )
+            maps = anomaly_maps(output, model.config, per_sample)
             fused, per_modality = maps.fused.float().cpu().numpy(), maps.per_modality.float().cpu().numpy()
             scores, modality_scores = (
                 maps.image_score.float().cpu().numpy(),
@@ -99,6 +222,7 @@ def collect_outputs(
                 present = int(count[row])
                 target = outputs[name]
                 target.indices.append(position)
+                target.ids.append(batch["ids"][row])
                 target.labels.append(int(batch["labels"][row]))
                 target.scores.append(float(scores[row]))
                 target.maps.append(fused[row])
@@ -148,13 +272,19 @@ def by_defect_modality(result: DomainOutputs, arrays: dict[str, np.ndarray]) -> 
     return table
 
 
-def domain_report(result: DomainOutputs) -> dict[str, Any]:
+def domain_report(result: DomainOutputs, validation: Validation) -> dict[str, Any]:
     arrays = result.arrays()
     names = result.domain.modality_names
+    normalized = normalized_scores(arrays["scores"], validation.score_range)
     report: dict[str, Any] = {
         "modalities": list(names),
         "samples": sample_counts(arrays["labels"]),
         "metrics": metric_rows(arrays, names),
+        "decision": validation.report(arrays["labels"], arrays["scores"]),
+        "scores": [
+            {"id": sample_id, "label": label, "score": score, "normalized_score": float(value)}
+            for sample_id, label, score, value in zip(result.ids, result.labels, result.scores, normalized)
+        ],
     }
     defect_groups = by_defect_modality(result, arrays)
     if defect_groups:
@@ -182,17 +312,33 @@ def evaluate_model(
     heatmap_dir: Path | None = None,
     heatmaps_per_class: int = 0,
     workers: int = 0,
+    holdout: RecordedHoldout | None = None,
+    target_fpr: float = DEFAULT_TARGET_FPR,
 ) -> dict[str, Any]:
     """Metrics of every domain of ``sources`` (or only ``domains``) on the test split, as a JSON-safe dict:
-    ``{"domains": {name: domain_report}, "summary": aggregate of the fused rows}``; optionally heatmaps."""
+    ``{"domains": {name: domain_report}, "summary": aggregate of the fused rows}``; optionally heatmaps.
+
+    holdout: the normals the run held out (RecordedHoldout.from_run_config; default: the default rule)."""
     config = model.config
     dataset = MultiDomainDataset(
         sources, "test", config.image_size, domains=domains, mean=config.mean, std=config.std
     )
     if len(dataset) == 0:
         raise ValueError("the data spec has no test samples")
-    results = collect_outputs(model, dataset, batch_size, torch.device(device), workers)
-    reports = {name: domain_report(result) for name, result in results.items()}
+    validation = fit_validation(
+        model,
+        sources,
+        list(dataset.domains),
+        holdout or RecordedHoldout(),
+        target_fpr,
+        batch_size,
+        torch.device(device),
+    )
+    statistics = None
+    if config.anomaly_fusion in CALIBRATED_FUSIONS:
+        statistics = {name: fitted.statistics for name, fitted in validation.items()}
+    results = collect_outputs(model, dataset, batch_size, torch.device(device), workers, statistics)
+    reports = {name: domain_report(result, validation[name]) for name, result in results.items()}
     if heatmap_dir is not None and heatmaps_per_class > 0:
         for result in results.values():
             write_heatmaps(dataset, result, config.mean, config.std, heatmap_dir, heatmaps_per_class)
@@ -274,6 +420,20 @@ def markdown_report(report: dict[str, Any], title: str = "UniMMAD evaluation") -
                 for name, s in blank.items()
                 for source, metrics in s["metrics"].items()
             ]
+        )
+    lines += [
+        "",
+        "## Decision threshold (set on the held-out normals, rates on the test split)",
+        "",
+        "| domain | threshold | validation normals | target FPR | FPR on test normals | TPR on test defects |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, d in domains.items():
+        decision = d["decision"]
+        lines.append(
+            f"| {name} | {decision['threshold']:.4f} | {decision['validation']['normal_images']} | "
+            f"{decision['target_fpr']:.3f} | {_cell(decision['false_positive_rate'])} | "
+            f"{_cell(decision['true_positive_rate'])} |"
         )
     groups = {
         name: d["image_auroc_by_defect_modality"]

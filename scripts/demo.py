@@ -115,6 +115,7 @@ def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> li
                         "graph": graph_of[sample.domain],
                         "truth": "defect in " + sample.meta["defect_modality"] if sample.label else "normal",
                         "score": result["image_score"],
+                        "normalized": result["normalized_score"],
                         "threshold": result["threshold"],
                         "decision": "ANOMALY" if result["is_anomalous"] else "normal",
                         "latency_ms": latency_ms,
@@ -125,14 +126,14 @@ def serve_and_query(args: argparse.Namespace, bundle: Path, out_dir: Path) -> li
 
 def print_summary(rows: list[dict]) -> None:
     header = (
-        f"{'sample':32} {'modalities':20} {'graph':8} {'truth':20} {'score':>8} {'thresh':>8} {'decision':9} "
-        f"{'ms':>7}"
+        f"{'sample':32} {'modalities':20} {'graph':8} {'truth':20} {'score':>8} {'thresh':>8} {'norm':>5} "
+        f"{'decision':9} {'ms':>7}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for row in rows:
         print(
             f"{row['sample']:32} {row['modalities']:20} {row['graph']:8} {row['truth']:20} {row['score']:8.4f} "
-            f"{row['threshold']:8.4f} {row['decision']:9} {row['latency_ms']:7.1f}"
+            f"{row['threshold']:8.4f} {row['normalized']:5.2f} {row['decision']:9} {row['latency_ms']:7.1f}"
         )
     correct = sum((row["decision"] == "ANOMALY") == (row["truth"] != "normal") for row in rows)
     print(f"\n{correct}/{len(rows)} decisions match the ground truth")
@@ -146,9 +147,11 @@ def main() -> int:
     parser.add_argument("--bundle", default="bundles/demo", help="bundle directory (default: bundles/demo)")
     parser.add_argument("--out", default="demo_out", help="where heatmaps and reports go (default: demo_out)")
     parser.add_argument(
-        "--epochs", type=int, default=20, help="training epochs (default: 20, about 7 min on 2 cores)"
+        "--minutes",
+        type=float,
+        default=6.0,
+        help="training budget; the schedule is sized to it and ends annealed (default: 6)",
     )
-    parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock cap (default: 8)")
     parser.add_argument(
         "--serve-python", default=sys.executable, help="python of the torch-free serving venv"
     )
@@ -174,8 +177,6 @@ def main() -> int:
             "synthetic",
             "--out",
             str(run_dir),
-            "--epochs",
-            str(args.epochs),
             "--max-minutes",
             str(args.minutes),
         ],
@@ -212,7 +213,8 @@ def main() -> int:
         ],
     )
     run_stage(
-        "verify (parity, frozen-vs-per-sample accuracy; domains over budget fall back to per-sample routing)",
+        "verify (parity, frozen-vs-per-sample accuracy and false-positive rates on test; domains whose frozen "
+        "graph strays from per-sample routing on the held-out normals fall back to it)",
         [
             python,
             "-m",

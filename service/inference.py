@@ -107,7 +107,7 @@ class InferenceEngine:
             raise BundleError(f"onnxruntime cannot load {graph.model.name}: {first_line(exc)}") from None
         inputs = {i.name for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
-        needed_inputs = {"images", "domain"} if kind == "frozen" else {"images"}
+        needed_inputs = {"images", "domain"}
         if not needed_inputs <= inputs or not set(OUTPUT_NAMES) <= outputs:
             raise BundleError(
                 f"the {kind} graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
@@ -117,11 +117,11 @@ class InferenceEngine:
 
     def run(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
         """``images`` float32 ``[B, M, 3, S, S]`` of one domain -> the four outputs of the domain's graph."""
-        kind = self._graph_by_index[domain_index]
-        feeds = {"images": np.ascontiguousarray(images, dtype=np.float32)}
-        if kind == "frozen":
-            feeds["domain"] = np.array([domain_index], dtype=np.int64)
-        return BatchOutputs(*self.sessions[kind].run(list(OUTPUT_NAMES), feeds))
+        feeds = {
+            "images": np.ascontiguousarray(images, dtype=np.float32),
+            "domain": np.array([domain_index], dtype=np.int64),
+        }
+        return BatchOutputs(*self.sessions[self._graph_by_index[domain_index]].run(list(OUTPUT_NAMES), feeds))
 
     async def run_async(self, images: np.ndarray, domain_index: int) -> BatchOutputs:
         """:meth:`run` on the worker thread; ``last_error`` keeps the latest failure until a run succeeds."""

@@ -7,8 +7,14 @@ from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import FormData
 
-from service.postprocessing import is_anomalous, render_heatmaps
-from service.preprocessing import decode_files, parse_controls, prepare_sample, read_modality_files
+from service.postprocessing import heatmap_shape, is_anomalous, render_heatmaps
+from service.preprocessing import (
+    decode_files,
+    parse_controls,
+    parse_heatmap_size,
+    prepare_sample,
+    read_modality_files,
+)
 from service.runtime import Runtime
 from service.schemas import DetectResponse, Heatmaps, Timings
 
@@ -27,6 +33,7 @@ async def detect(
     stage = runtime.metrics.stage_duration
 
     domain, spec, heatmap_mode = parse_controls(form, manifest)
+    heatmap_size = parse_heatmap_size(form)
     on_domain(domain)
     files = await read_modality_files(form, domain, spec, settings.max_upload_bytes)
 
@@ -49,7 +56,9 @@ async def detect(
         result.modality_maps,
         spec,
         heatmap_mode,
+        heatmap_shape(spec, files, heatmap_size, manifest.input_size),
         sample=sample,
+        uploads=arrays,
         normalization=manifest.normalization,
     )
     postprocess_s = time.perf_counter() - mark
@@ -69,6 +78,7 @@ async def detect(
     return DetectResponse(
         domain=domain,
         image_score=result.image_score,
+        normalized_score=spec.normalized_score(result.image_score),
         threshold=spec.threshold,
         is_anomalous=anomalous,
         modality_scores={m.name: float(result.modality_scores[i]) for i, m in enumerate(spec.modalities)},

@@ -15,7 +15,8 @@ from service.errors import ServiceError, from_modality_error
 from service.postprocessing import overlay_base
 
 HEATMAP_MODES = ("none", "png", "overlay")
-CONTROL_FIELDS = ("domain", "heatmap")
+HEATMAP_SIZES = ("input", "model")
+CONTROL_FIELDS = ("domain", "heatmap", "heatmap_size")
 
 
 def _single_text(form: FormData, name: str, default: str | None = None) -> str:
@@ -44,6 +45,16 @@ def parse_controls(form: FormData, manifest: Manifest) -> tuple[str, DomainSpec,
     if heatmap == "overlay" and overlay_base(spec) is None:
         raise ServiceError(422, "overlay_unavailable", "overlay needs an rgb or gray modality; use heatmap=png")
     return domain, spec, heatmap
+
+
+def parse_heatmap_size(form: FormData) -> str:
+    """The ``heatmap_size`` field: heatmaps at the upload's resolution (``input``, default) or the model's."""
+    size = _single_text(form, "heatmap_size", default="input")
+    if size not in HEATMAP_SIZES:
+        raise ServiceError(
+            422, "invalid_heatmap_size", f"heatmap_size must be one of {', '.join(HEATMAP_SIZES)}"
+        )
+    return size
 
 
 async def read_modality_files(

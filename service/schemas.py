@@ -25,10 +25,14 @@ class ErrorResponse(BaseModel):
 
 
 class Heatmaps(BaseModel):
-    """Base64 PNGs of the anomaly map at the model's input size."""
+    """Base64 PNGs of the anomaly maps: at the upload's resolution (heatmap_size=input, at most 2048 x 2048
+    pixels, aspect kept) or the model's input size (heatmap_size=model); modality maps are in units of
+    their normal variation (calibrated fusion), so sensors compare."""
 
     fused: str = Field(examples=[_PNG])
     modalities: dict[str, str] = Field(examples=[{"rgb": _PNG, "depth": _PNG}])
+    height: int = Field(description="pixel rows of every PNG", examples=[600])
+    width: int = Field(description="pixel columns of every PNG", examples=[800])
 
 
 class Timings(BaseModel):
@@ -50,10 +54,16 @@ class DetectResponse(BaseModel):
                 {
                     "domain": "mvtec3d/tire",
                     "image_score": 1.37,
+                    "normalized_score": 0.86,
                     "threshold": 0.92,
                     "is_anomalous": True,
                     "modality_scores": {"rgb": 1.1, "depth": 0.8},
-                    "heatmaps": {"fused": _PNG, "modalities": {"rgb": _PNG, "depth": _PNG}},
+                    "heatmaps": {
+                        "fused": _PNG,
+                        "modalities": {"rgb": _PNG, "depth": _PNG},
+                        "height": 600,
+                        "width": 800,
+                    },
                     "model_version": "lite-2025-01-01",
                     "timings": {
                         "decode_ms": 3.1,
@@ -71,6 +81,12 @@ class DetectResponse(BaseModel):
 
     domain: str
     image_score: float = Field(description="top-fraction mean of the fused anomaly map")
+    normalized_score: float = Field(
+        ge=0,
+        le=1,
+        description="image_score on [0, 1] with the threshold at 0.5 (anomalib's convention): 0 for a typical "
+        "normal image, 1 as far above the threshold as the threshold is above a typical normal",
+    )
     threshold: float
     is_anomalous: bool = Field(description="image_score > threshold")
     modality_scores: dict[str, float]

@@ -1,8 +1,9 @@
 """Session fixtures shared across packages: a tiny trained-format checkpoint and the bundle exported from it.
 
-`tiny_checkpoint` is a random-init UniMMAD (lite trunks, every width shrunk, 64 px) saved with
-model.checkpoint.save_model; `tiny_bundle` is that checkpoint exported by the real exporter on a small
-synthetic data set (all four synthetic domains, 1 to 4 modalities). Both are built once per session.
+`tiny_checkpoint` is a random-init UniMMAD (lite trunks, every width shrunk, 64 px, the lite preset's
+calibrated fusion) saved with model.checkpoint.save_model; `tiny_bundle` is that checkpoint exported by
+the real exporter on a small synthetic data set (all four synthetic domains, 1 to 4 modalities). Both are
+built once per session.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from export.build import BundleOptions, build_bundle
 from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
 from export.samples import select_domains
+from model.calibration import RecordedHoldout
 from model.checkpoint import load_checkpoint, save_model
 from model.config import PRESETS, UniMMADConfig
 from model.data import SyntheticConfig, SyntheticSource
@@ -59,9 +61,7 @@ def tiny_synthetic_source() -> SyntheticSource:
 
 def tiny_bundle_options(**changes) -> BundleOptions:
     """The export options of the tiny bundles: the checkpoint's holdout, batches of 4."""
-    return BundleOptions(
-        holdout_fraction=TINY_HOLDOUT["fraction"], holdout_seed=TINY_HOLDOUT["seed"], batch_size=4, **changes
-    )
+    return BundleOptions(holdout=RecordedHoldout(**TINY_HOLDOUT), batch_size=4, **changes)
 
 
 @pytest.fixture(scope="session")

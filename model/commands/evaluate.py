@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from model.calibration import RecordedHoldout
     from model.checkpoint import load_checkpoint
     from model.data import parse_data_spec
     from model.evaluate import HEATMAP_FOLDER, evaluate_model, markdown_report
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         heatmap_dir=args.out / HEATMAP_FOLDER,
         heatmaps_per_class=args.heatmaps,
         workers=args.workers,
+        holdout=RecordedHoldout.from_run_config(config),
     )
     trained = {domain["name"] for domain in config["data"]["domains"]}
     report = {

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 
 from service.errors import ServiceError
 from service.pipeline import detect as run_detection
-from service.preprocessing import HEATMAP_MODES
+from service.preprocessing import HEATMAP_MODES, HEATMAP_SIZES
 from service.runtime import Runtime
 from service.schemas import DetectResponse, ErrorResponse
 
@@ -18,6 +18,7 @@ DETECT_FORM_SCHEMA = {
     "properties": {
         "domain": {"type": "string", "description": "a domain of the bundle (GET /domains)"},
         "heatmap": {"type": "string", "enum": list(HEATMAP_MODES), "default": "png"},
+        "heatmap_size": {"type": "string", "enum": list(HEATMAP_SIZES), "default": "input"},
     },
     "additionalProperties": {"type": "string", "format": "binary"},
 }
@@ -47,7 +48,7 @@ _ERRORS = {
 )
 async def detect(request: Request) -> DetectResponse:
     """Multipart form: `domain`, one file per modality of that domain (named as in the manifest) and
-    optional `heatmap` = none | png | overlay. Files: PNG (8/16-bit), JPEG, TIFF (incl. MVTec-3D xyz), BMP, `.npy`.
+    optional `heatmap` = none | png | overlay and `heatmap_size` = input (the upload's resolution) | model. Files: PNG (8/16-bit), JPEG, TIFF (incl. MVTec-3D xyz), BMP, `.npy`.
     """
     runtime: Runtime = request.app.state.runtime
     content_type = request.headers.get("content-type", "")

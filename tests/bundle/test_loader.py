@@ -56,9 +56,11 @@ def test_manifest_not_json(bundle_dir: Path) -> None:
     assert "not valid JSON" in _error(bundle_dir)
 
 
-def test_unknown_format_version(bundle_dir: Path) -> None:
-    rewrite_manifest(bundle_dir, lambda m: m.update(format_version=2))
-    assert "unsupported format_version 2" in _error(bundle_dir)
+@pytest.mark.parametrize("version", [1, 3])
+def test_older_and_newer_format_versions_are_refused(bundle_dir: Path, version: int) -> None:
+    """Format 1 bundles lack what the graphs now need (the dynamic graph's `domain`, score ranges)."""
+    rewrite_manifest(bundle_dir, lambda m: m.update(format_version=version))
+    assert f"unsupported format_version {version} (this code reads 2)" in _error(bundle_dir)
 
 
 @pytest.mark.parametrize(
@@ -76,6 +78,24 @@ def test_unknown_format_version(bundle_dir: Path) -> None:
             "heatmap_range",
         ),
         (lambda m: m["domains"][RGB_DOMAIN]["routing"].update(mode="mean"), "routing.mode"),
+        (lambda m: m["domains"][RGB_DOMAIN].pop("score_range"), "score_range"),
+        (lambda m: m["domains"][RGB_DOMAIN].pop("heatmap_range"), "heatmap_range"),
+        (lambda m: m["domains"][RGB_DOMAIN].update(score_range=[-2.0, -1.0]), "contain the threshold"),
+        (lambda m: m["domains"][RGB_DOMAIN].pop("normal_statistics"), "normal_statistics must be present"),
+        (
+            lambda m: m["domains"][RGB_DEPTH_DOMAIN]["normal_statistics"]["modalities"].pop("depth"),
+            "normal_statistics.modalities",
+        ),
+        (
+            lambda m: m["domains"][RGB_DOMAIN]["normal_statistics"]["modalities"]["rgb"].update(scale=[1.0]),
+            "locations but 1 scales",
+        ),
+        (
+            lambda m: m["domains"][RGB_DOMAIN]["normal_statistics"]["modalities"]["rgb"].update(
+                scale=[1.0, 0.0, 1.0]
+            ),
+            "greater than 0",
+        ),
         (
             lambda m: m["domains"][RGB_DOMAIN]["routing"]["leaders"][0].update(
                 experts=[1, 1], scores=[0.5, 0.5]
@@ -95,12 +115,6 @@ def test_schema_violations(bundle_dir: Path, edit, where: str) -> None:
     message = _error(bundle_dir)
     assert "does not match the manifest schema" in message
     assert where in message
-
-
-def test_bundle_without_heatmap_ranges_still_loads(bundle_dir: Path) -> None:
-    """Bundles exported before colour ranges were recorded keep working (the service falls back)."""
-    rewrite_manifest(bundle_dir, lambda m: [domain.pop("heatmap_range") for domain in m["domains"].values()])
-    assert all(d.heatmap_range is None for d in load_bundle(bundle_dir).manifest.domains.values())
 
 
 def test_missing_graph_file(bundle_dir: Path) -> None:

@@ -1,10 +1,12 @@
-"""The exported bundle: manifest valid against the committed schema, calibration and thresholds recorded,
-and a tampered bundle refused by the loader with one clear line per fault."""
+"""The exported bundle: manifest valid against the committed schema, calibration, normal statistics and
+thresholds recorded (the statistics and thresholds exactly as `model evaluate` fits them), and a tampered
+bundle refused by the loader with one clear line per fault."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -13,16 +15,21 @@ import pytest
 import torch
 
 from bundle.loader import BundleError, load_bundle
+from bundle.manifest import CALIBRATED_FUSIONS as MANIFEST_CALIBRATED_FUSIONS
+from export.build import statistics_from_manifest, threshold_normals
 from export.calibration import DEFAULT_ROUTING_MODE, Calibration, calibrate, expected_weights, gate_tensors
 from export.routing import routing_from_weights
-from export.threshold import (
-    MIN_HOLDOUT_IMAGES,
-    NormalOutputs,
-    choose_normals,
-    choose_threshold,
-    colour_range,
+from export.samples import select_domains
+from export.threshold import MIN_HOLDOUT_IMAGES, NormalOutputs, choose_threshold, colour_range
+from model.calibration import (
+    RecordedHoldout,
+    normalized_scores,
     quantile_threshold,
+    score_range,
 )
+from model.checkpoint import load_checkpoint
+from model.config import CALIBRATED_FUSIONS
+from model.evaluate import fit_validation
 
 SCHEMA = Path(__file__).parents[2] / "bundle" / "manifest.schema.json"
 
@@ -56,7 +63,47 @@ def test_thresholds_fall_back_to_training_normals_when_the_holdout_is_small(tiny
         method = domain["threshold_method"]
         assert method["method"] == "normal_quantile" and method["target_fpr"] == 0.05
         assert method["split"].startswith("train (fallback") and method["n_images"] == 6
-        assert np.isfinite(domain["threshold"]) and domain["threshold"] > 0
+        assert np.isfinite(domain["threshold"])
+        low, high = domain["score_range"]
+        assert (domain["threshold"] - low) / (high - low) == pytest.approx(0.5)
+
+
+def test_calibrated_fusion_names_agree_between_model_and_manifest() -> None:
+    assert MANIFEST_CALIBRATED_FUSIONS == CALIBRATED_FUSIONS
+
+
+def test_bundle_statistics_are_the_ones_evaluate_fits(
+    tiny_bundle: Path, tiny_checkpoint: Path, tiny_export_setup
+) -> None:
+    """Export and `model evaluate` fit the same normal statistics on the same held-out normals, so a
+    report's score is the graphs' score."""
+    manifest = load_bundle(tiny_bundle).manifest
+    assert manifest.anomaly_map.fusion in CALIBRATED_FUSIONS
+    model, _ = load_checkpoint(tiny_checkpoint)
+    source, options = tiny_export_setup
+    names = ["synthetic/boards", "synthetic/tiles"]
+    fitted = fit_validation(model, [source], names, options.holdout, 0.05, 3, torch.device("cpu"))
+    for name in names:
+        spec = manifest.domains[name]
+        recorded = spec.normal_statistics
+        assert recorded is not None and recorded.split == options.holdout.describe()
+        assert recorded.n_images == fitted[name].images == 2  # 25 % of 8 held out
+        statistics = statistics_from_manifest(spec)
+        torch.testing.assert_close(
+            statistics.location, fitted[name].statistics.location, rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(statistics.scale, fitted[name].statistics.scale, rtol=1e-5, atol=1e-6)
+        assert (statistics.scale > 0).all()
+
+
+def test_threshold_normals_are_the_held_out_ones_when_there_are_enough(tiny_export_setup) -> None:
+    source, options = tiny_export_setup
+    (data,) = select_domains([source], ["synthetic/parts"])
+    refs, split = threshold_normals(data, options)
+    assert split.startswith("train (fallback: only 2 held-out normals") and len(refs) == 6
+    generous = replace(options, holdout=RecordedHoldout(ids={"synthetic/parts": [r.id for r in refs[:5]]}))
+    held, split = threshold_normals(data, generous)
+    assert [r.id for r in held] == [r.id for r in refs[:5]] and split == generous.holdout.describe()
 
 
 def test_calibration_json_reports_agreement_per_gate(tiny_bundle: Path) -> None:
@@ -77,13 +124,18 @@ def test_quantile_threshold_keeps_the_false_positive_rate() -> None:
     scores = np.arange(100, dtype=np.float64)
     threshold = quantile_threshold(scores, 0.05)
     assert (scores > threshold).mean() <= 0.05 and threshold == 95
-    held_out = _normal_outputs(np.arange(MIN_HOLDOUT_IMAGES, dtype=float))
-    normals, split = choose_normals(held_out, lambda: pytest.fail("not needed"), "h")
-    threshold = choose_threshold(normals, 0.0, split)
+    threshold = choose_threshold(_normal_outputs(np.arange(MIN_HOLDOUT_IMAGES, dtype=float)), 0.0, "h")
     assert threshold.split == "h" and threshold.value == MIN_HOLDOUT_IMAGES - 1 and threshold.n_images == 5
-    too_few = _normal_outputs(np.arange(MIN_HOLDOUT_IMAGES - 1, dtype=float))
-    normals, split = choose_normals(too_few, lambda: held_out, "h")
-    assert normals is held_out and split.startswith("train (fallback: only 4 held-out normals")
+
+
+def test_normalised_score_puts_the_threshold_at_one_half_and_a_typical_normal_at_zero() -> None:
+    normals = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    bounds = score_range(normals, threshold=5.0)
+    assert bounds == (3.0, 7.0)  # centred on the threshold, half-width threshold - median
+    scores = np.array([3.0, 4.0, 5.0, 6.0, 20.0, -1.0])
+    assert normalized_scores(scores, bounds).tolist() == [0, 0.25, 0.5, 0.75, 1, 0]
+    flat_low, flat_high = score_range(np.full(4, 2.0), threshold=2.0)
+    assert flat_low < 2.0 < flat_high and (2.0 - flat_low) == pytest.approx(flat_high - 2.0)
 
 
 def test_tiny_bundle_records_heatmap_ranges_per_map(tiny_bundle: Path) -> None:
@@ -142,7 +194,7 @@ def test_expected_routing_weights_are_the_mean_of_the_samples_routed_scores() ->
         0.0,
     ]
     agreement = torch.ones(2, 1, 1)
-    gates = Calibration("expected", routing, torch.zeros(2, 1, 1, 4), agreement, 3).summary((3,))["gates"]
+    gates = Calibration("expected", routing, torch.zeros(2, 1, 1, 4), agreement, 3, {}).summary((3,))["gates"]
     assert [gate["experts"] for gate in gates] == [[1, 0, 2], [3, 2]]  # zero-weight padding is not recorded
 
 

@@ -77,6 +77,11 @@ def test_verify_report(tiny_bundle: Path, tiny_checkpoint: Path, capsys: pytest.
     for metric in ("image_auroc", "pixel_auroc"):
         entry = parts[metric]
         assert entry["difference"] == pytest.approx(entry["per_sample"] - entry["frozen"])
+    # the serving graph's threshold, set on the validation split, next to the rate it reaches on test
+    rate = parts["false_positive_rate"]
+    assert rate["target"] == 0.05 and rate["graph"] == "frozen" and rate["test_normal_images"] == 2
+    assert rate["test_normals"] in (0.0, 0.5, 1.0) and not rate["threshold_split"].startswith("test")
+    assert set(parts["validation"]) >= {"normalized_score_gap", "map_correlation", "frozen_ok", "split"}
 
 
 def test_fp16_bundle_stays_close_to_the_float32_model(

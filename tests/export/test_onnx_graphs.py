@@ -1,4 +1,5 @@
-"""The exported graphs run in onnxruntime and match torch; the `domain` input picks that domain's kernels."""
+"""The exported graphs run in onnxruntime and match torch; the `domain` input picks that domain's kernels
+and normal statistics."""
 
 from __future__ import annotations
 
@@ -11,46 +12,70 @@ import torch
 from test_fold import mixed_routing, random_routing
 
 from bundle.loader import load_bundle
+from export.build import statistics_from_manifest
 from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
 from export.fold import kernel_banks
-from export.frozen import OUTPUT_NAMES, FrozenUniMMAD
+from export.frozen import OUTPUT_NAMES, DynamicUniMMAD, FrozenUniMMAD
 from export.onnx_graph import OPSET, ExportError, check_graph, export_graph, external_data_files
 from export.routing import forced_routing, routing_from_manifest, slot_major_pairs
-from model.anomaly_map import anomaly_maps
+from model.anomaly_map import NormalStatistics, anomaly_maps
 from model.checkpoint import load_checkpoint
-from model.unimmad import UniMMAD
+from model.unimmad import LEVELS, UniMMAD
 
 PARITY_TOLERANCE = 5e-5
 
 
-def torch_maps(model: UniMMAD, images: torch.Tensor, routing=None) -> list[np.ndarray]:
+def torch_maps(
+    model: UniMMAD, images: torch.Tensor, statistics: NormalStatistics | None, routing=None
+) -> list[np.ndarray]:
+    """The four outputs of the torch model (per-sample routing, or `routing` forced) with a domain's
+    statistics [M, L] (None: uncalibrated)."""
+    batched = None if statistics is None else statistics.as_batch()
     with torch.no_grad():
         if routing is None:
             output = model(images)
         else:
             output = model(images, routing=forced_routing(routing, slot_major_pairs(*images.shape[:2])[1]))
-        maps = anomaly_maps(output, model.config)
+        maps = anomaly_maps(output, model.config, batched)
     return [
         value.numpy() for value in (maps.fused, maps.per_modality, maps.image_score, maps.modality_scores)
     ]
 
 
-def test_domain_input_selects_that_domains_kernels(tiny_export_model: UniMMAD, tmp_path: Path) -> None:
+def random_statistics(domains: int, slots: int, generator: torch.Generator) -> NormalStatistics:
+    """Plausible per-domain statistics [D, slots, L]: locations around 0.5, scales around 0.1."""
+    shape = (domains, slots, LEVELS)
+    return NormalStatistics(
+        0.5 + 0.2 * torch.rand(shape, generator=generator),
+        0.05 + 0.1 * torch.rand(shape, generator=generator),
+    )
+
+
+def test_domain_input_selects_that_domains_kernels_and_statistics(
+    tiny_export_model: UniMMAD, tmp_path: Path
+) -> None:
     generator = torch.Generator().manual_seed(11)
     routings = [random_routing(2, 6, generator), mixed_routing(2, 6, generator)]
-    path = tmp_path / "frozen.onnx"
-    frozen = FrozenUniMMAD(tiny_export_model, kernel_banks(tiny_export_model, routings))
-    export_graph(frozen, (torch.zeros(2, 2, 3, 64, 64), torch.tensor([0])), path, with_domain=True)
-    session = check_graph(path)
+    bank = random_statistics(2, tiny_export_model.config.max_modalities, generator)
+    graphs = {
+        "frozen": FrozenUniMMAD(tiny_export_model, kernel_banks(tiny_export_model, routings), bank),
+        "dynamic": DynamicUniMMAD(tiny_export_model, bank),
+    }
     images = torch.randn(3, 2, 3, 64, 64, generator=generator)
-    outputs = []
-    for domain, routing in enumerate(routings):
-        got = session.run(list(OUTPUT_NAMES), {"images": images.numpy(), "domain": np.array([domain])})
-        for name, value, want in zip(OUTPUT_NAMES, got, torch_maps(tiny_export_model, images, routing)):
-            assert np.abs(value - want).max() <= PARITY_TOLERANCE, name
-        outputs.append(got)
-    # The two domains' maps are told apart far beyond the parity tolerance.
-    assert np.abs(outputs[0][0] - outputs[1][0]).max() > 10 * PARITY_TOLERANCE
+    for kind, module in graphs.items():
+        path = tmp_path / f"{kind}.onnx"
+        export_graph(module, (torch.zeros(2, 2, 3, 64, 64), torch.tensor([0])), path)
+        session = check_graph(path)
+        outputs = []
+        for domain, routing in enumerate(routings):
+            statistics = NormalStatistics(bank.location[domain], bank.scale[domain])
+            want = torch_maps(tiny_export_model, images, statistics, routing if kind == "frozen" else None)
+            got = session.run(list(OUTPUT_NAMES), {"images": images.numpy(), "domain": np.array([domain])})
+            for name, value, expected in zip(OUTPUT_NAMES, got, want):
+                assert np.abs(value - expected).max() <= PARITY_TOLERANCE, (kind, name)
+            outputs.append(got)
+        # The two domains' maps are told apart far beyond the parity tolerance.
+        assert np.abs(outputs[0][0] - outputs[1][0]).max() > 10 * PARITY_TOLERANCE, kind
 
 
 @pytest.mark.parametrize("bundle_fixture", ["tiny_bundle", "other_mode_bundle"])
@@ -67,16 +92,16 @@ def test_bundle_graphs_match_torch_for_every_domain(
     for spec in bundle.manifest.domains.values():
         images = torch.randn(2, len(spec.modalities), 3, 64, 64, generator=generator)
         routing = routing_from_manifest(spec, model.config)
-        got_frozen = frozen.run(
-            list(OUTPUT_NAMES), {"images": images.numpy(), "domain": np.array([spec.index])}
-        )
-        got_dynamic = dynamic.run(list(OUTPUT_NAMES), {"images": images.numpy()})
+        statistics = statistics_from_manifest(spec)
+        feeds = {"images": images.numpy(), "domain": np.array([spec.index])}
+        got_frozen = frozen.run(list(OUTPUT_NAMES), feeds)
+        got_dynamic = dynamic.run(list(OUTPUT_NAMES), feeds)
         for name, ort_frozen, ort_dynamic, want_frozen, want_dynamic in zip(
             OUTPUT_NAMES,
             got_frozen,
             got_dynamic,
-            torch_maps(model, images, routing),
-            torch_maps(model, images),
+            torch_maps(model, images, statistics, routing),
+            torch_maps(model, images, statistics),
         ):
             assert ort_frozen.shape == want_frozen.shape
             assert np.abs(ort_frozen - want_frozen).max() <= PARITY_TOLERANCE, name
@@ -86,8 +111,9 @@ def test_bundle_graphs_match_torch_for_every_domain(
 def test_bundle_graphs_declare_the_design_io(tiny_bundle: Path) -> None:
     graphs = load_bundle(tiny_bundle).manifest.graphs
     assert graphs.frozen.inputs["images"].shape == ["batch", "modalities", 3, 64, 64]
-    assert graphs.frozen.inputs["domain"].model_dump() == {"dtype": "int64", "shape": [1]}
-    assert set(graphs.dynamic.inputs) == {"images"}
+    for graph in (graphs.frozen, graphs.dynamic):
+        assert set(graph.inputs) == {"images", "domain"}
+        assert graph.inputs["domain"].model_dump() == {"dtype": "int64", "shape": [1]}
     for graph in (graphs.frozen, graphs.dynamic):
         assert graph.outputs["anomaly_map"].shape == ["batch", 64, 64]
         assert graph.outputs["modality_maps"].shape == ["batch", "modalities", 64, 64]

@@ -11,8 +11,10 @@ from model.unimmad import UniMMAD
 
 @pytest.fixture(scope="session")
 def tiny_config(tiny_config: UniMMADConfig) -> UniMMADConfig:
-    """The shared tiny config (64 px) with two blocks in the first decoder stage, so a stage repeats a block."""
-    return tiny_config.replace(decoder_blocks=(2, 1, 1))
+    """The shared tiny config (64 px) with two blocks in the first decoder stage, so a stage repeats a block,
+    and the uncalibrated fusion: these tests have no held-out normals to fit statistics on (calibrated
+    fusion is tested in test_anomaly_map.py and through the exported bundle)."""
+    return tiny_config.replace(decoder_blocks=(2, 1, 1), anomaly_fusion="code")
 
 
 @pytest.fixture

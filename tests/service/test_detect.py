@@ -1,4 +1,5 @@
-"""POST /detect on every modality set of the tiny real bundle, parity with a bare onnxruntime session, read routes."""
+"""POST /detect on every modality set of the tiny real bundle, parity with a bare onnxruntime session, the
+normalised score, heatmaps at upload or model resolution, read routes."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from service_helpers import (
     RGB_DEPTH_DOMAIN,
     RGB_DOMAIN,
     RGB_INFRARED_DEPTH_DOMAIN,
+    UPLOAD_SIZE,
     copy_bundle,
     make_settings,
+    npy_bytes,
+    png_bytes,
     rewrite_manifest,
     uploads,
     wait_ready,
@@ -61,9 +65,7 @@ def _reference_scores(bundle: Path, graph: str, domain: str, files: dict) -> tup
         std=manifest.normalization.std,
     )
     session = ort.InferenceSession(str(loaded.graph(graph).model), providers=["CPUExecutionProvider"])
-    feeds = {"images": sample[None]}
-    if graph == "frozen":
-        feeds["domain"] = np.array([spec.index], dtype=np.int64)
+    feeds = {"images": sample[None], "domain": np.array([spec.index], dtype=np.int64)}
     score, modality_scores = session.run(["image_score", "modality_scores"], feeds)
     return float(score[0]), modality_scores[0].tolist()
 
@@ -79,9 +81,14 @@ def test_happy_path_per_modality_set(client, manifest: Manifest, domain: str, de
     assert body["threshold"] == spec.threshold
     assert np.isfinite(body["image_score"])
     assert body["is_anomalous"] == (body["image_score"] > body["threshold"])
+    assert body["normalized_score"] == pytest.approx(spec.normalized_score(body["image_score"]))
+    assert (body["normalized_score"] > 0.5) == body["is_anomalous"]
     assert list(body["modality_scores"]) == [m.name for m in spec.modalities]
     assert set(body["heatmaps"]["modalities"]) == {m.name for m in spec.modalities}
-    assert _png_shape(body["heatmaps"]["fused"]) == (manifest.input_size, manifest.input_size, 3)
+    # by default at the upload's resolution, not the model's
+    assert UPLOAD_SIZE != manifest.input_size
+    assert _png_shape(body["heatmaps"]["fused"]) == (UPLOAD_SIZE, UPLOAD_SIZE, 3)
+    assert (body["heatmaps"]["height"], body["heatmaps"]["width"]) == (UPLOAD_SIZE, UPLOAD_SIZE)
     assert body["model_version"] == manifest.model_version
     assert body["timings"]["batch_size"] == 1
     assert body["timings"]["total_ms"] >= body["timings"]["infer_ms"] > 0
@@ -156,13 +163,50 @@ def test_heatmap_modes(client, manifest: Manifest) -> None:
     assert none["heatmaps"] is None
     png = client.post("/detect", data=form | {"heatmap": "png"}, files=files).json()
     overlay = client.post("/detect", data=form | {"heatmap": "overlay"}, files=files).json()
-    assert none["image_score"] == png["image_score"] == overlay["image_score"]
+    model_size = client.post("/detect", data=form | {"heatmap_size": "model"}, files=files).json()
+    assert none["image_score"] == png["image_score"] == overlay["image_score"] == model_size["image_score"]
     assert overlay["heatmaps"]["fused"] != png["heatmaps"]["fused"]
-    assert _png_shape(overlay["heatmaps"]["modalities"]["depth"]) == (
-        manifest.input_size,
-        manifest.input_size,
-        3,
+    assert _png_shape(overlay["heatmaps"]["modalities"]["depth"]) == (UPLOAD_SIZE, UPLOAD_SIZE, 3)
+    side = manifest.input_size
+    assert _png_shape(model_size["heatmaps"]["modalities"]["depth"]) == (side, side, 3)
+    assert (model_size["heatmaps"]["height"], model_size["heatmaps"]["width"]) == (side, side)
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape"),
+    [
+        ("png", (90, 120)),
+        ("overlay", (90, 120)),
+        # wide enough to be reduced while decoding (one axis only): the heatmap still has the upload's size
+        ("overlay", (300, 1100)),
+    ],
+)
+def test_heatmaps_take_the_size_of_an_oblong_upload(client, mode: str, shape: tuple[int, int]) -> None:
+    """An 800 x 600 camera image gets 800 x 600 heatmaps (here with a depth map of another size)."""
+    rng = np.random.default_rng(0)
+    picture = np.broadcast_to(np.linspace(0, 255, shape[1], dtype=np.uint8)[None, :, None], (*shape, 3))
+    files = {
+        "rgb": ("rgb.png", png_bytes(np.ascontiguousarray(picture)), "image/png"),
+        "depth": (
+            "depth.npy",
+            npy_bytes(rng.random((40, 50), dtype=np.float32) + 1),
+            "application/octet-stream",
+        ),
+    }
+    body = client.post("/detect", data={"domain": RGB_DEPTH_DOMAIN, "heatmap": mode}, files=files).json()
+    assert (body["heatmaps"]["height"], body["heatmaps"]["width"]) == shape
+    for b64 in (body["heatmaps"]["fused"], *body["heatmaps"]["modalities"].values()):
+        assert _png_shape(b64) == (*shape, 3)
+
+
+def test_an_unknown_heatmap_size_is_refused(client) -> None:
+    response = client.post(
+        "/detect",
+        data={"domain": RGB_DOMAIN, "heatmap_size": "huge"},
+        files=uploads(RGB_DOMAIN),
     )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_heatmap_size"
 
 
 def test_domains_and_model_routes(client, manifest: Manifest) -> None:
@@ -191,7 +235,7 @@ def test_health_and_metrics(client) -> None:
     )
     for stage in ("decode", "preprocess", "queue", "infer", "postprocess"):
         assert f'unimmad_inference_duration_seconds_count{{stage="{stage}"}} 1.0' in text
-    assert 'unimmad_model_info{format_version="1",graphs="frozen"' in text
+    assert 'unimmad_model_info{format_version="2",graphs="frozen"' in text
     assert "unimmad_queue_depth 0.0" in text
 
 
