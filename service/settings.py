@@ -103,7 +103,10 @@ class Settings(BaseSettings):
 
     @property
     def decode_thread_count(self) -> int:
-        return self.decode_threads or len(os.sched_getaffinity(0))
+        """``decode_threads``, else the cores this process may run on (its CPU affinity where the OS has one)."""
+        if self.decode_threads is not None:
+            return self.decode_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     @property
     def detect_in_flight_limit(self) -> int:
