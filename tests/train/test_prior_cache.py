@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from model import prior_cache
 from model.prior_cache import PriorCache
 from model.unimmad import UniMMAD
 
 
-def test_cached_priors_equal_the_uncached_path(tiny_config) -> None:
+@pytest.mark.parametrize("initial_rows", [64, 1])  # 1: the store grows while it fills
+def test_cached_priors_equal_the_uncached_path(tiny_config, monkeypatch, initial_rows: int) -> None:
+    monkeypatch.setattr(prior_cache, "INITIAL_ROWS", initial_rows)
     torch.manual_seed(0)
     model = UniMMAD(tiny_config, allow_random_prior=True).eval()
     size = tiny_config.image_size
@@ -22,6 +26,8 @@ def test_cached_priors_equal_the_uncached_path(tiny_config) -> None:
     order = [3, 1, 4, 0]  # mixes cached and new samples, in another order and batch size
     cached = cache.priors(pool[order], counts[order], order)
     assert cache.hits == 4 and cache.misses == 6 + 6
+    per_pair = sum(level[0].numel() * level.element_size() for level in cached)
+    assert cache.nbytes() == len(cache) * per_pair
     with torch.no_grad():
         reference = model(pool[order], counts[order])
         from_cache = model(pool[order], counts[order], priors=cached)
