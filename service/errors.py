@@ -38,9 +38,9 @@ def from_modality_error(error: ModalityError, field: str | None = None) -> Servi
     return ServiceError(_MODALITY_STATUS.get(error.code, 422), error.code.value, message)
 
 
-def error_body(code: str, message: str) -> dict:
-    """``{"error": {"code", "message", "request_id"}}``; the id is that of the request being handled."""
-    return {"error": {"code": code, "message": message, "request_id": current_request_id.get()}}
+def error_body(code: str, message: str, request_id: str | None = None) -> dict:
+    """``{"error": {"code", "message", "request_id"}}``; the id defaults to that of the request being handled."""
+    return {"error": {"code": code, "message": message, "request_id": request_id or current_request_id.get()}}
 
 
 def error_response(

@@ -17,13 +17,14 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.errors import error_body
 from service.settings import Settings
 
 
 def raw_error_response(status: int, reason: str, code: str, message: str) -> bytes:
     """A complete HTTP/1.1 error answer in the service's JSON shape, for a connection closed right after."""
     request_id = uuid.uuid4().hex
-    body = json.dumps({"error": {"code": code, "message": message, "request_id": request_id}}).encode()
+    body = json.dumps(error_body(code, message, request_id)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "content-type: application/json\r\n"
