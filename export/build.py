@@ -34,19 +34,13 @@ from export.frozen import DynamicUniMMAD, FrozenUniMMAD
 from export.onnx_graph import OPSET, check_graph, export_graph, graph_spec
 from export.precision import convert_to_fp16
 from export.samples import DomainData, batches
-from export.threshold import (
-    MIN_HOLDOUT_IMAGES,
-    NormalOutputs,
-    Threshold,
-    choose_threshold,
-    heatmap_ranges,
-)
+from export.threshold import NormalOutputs, Threshold, choose_threshold, heatmap_ranges
 from model.anomaly_map import NormalStatistics
 from model.calibration import (
     DEFAULT_TARGET_FPR,
     RecordedHoldout,
+    calibration_normals,
     fit_normal_statistics,
-    held_out_normals,
     stack_statistics,
 )
 from model.config import CALIBRATED_FUSIONS
@@ -120,8 +114,8 @@ def statistics_bank(specs: Sequence[DomainSpec], slots: int) -> NormalStatistics
 
 
 def domain_statistics(model: UniMMAD, data: DomainData, options: BundleOptions) -> DomainStatistics:
-    """Normal statistics of one domain from its held-out normals (model.calibration, as evaluate fits them)."""
-    refs, split = held_out_normals(options.holdout, data.name, data.normal_train_refs())
+    """Normal statistics of one domain from its threshold_normals (model.calibration, as evaluate fits them)."""
+    refs, split = threshold_normals(data, options)
     if not refs:
         raise ValueError(f"domain {data.name} has no normal training samples to fit its normal statistics")
     images = (batch.images for batch in batches(data, refs, model.config, options.batch_size))
@@ -149,15 +143,9 @@ def graph_outputs(
 
 
 def threshold_normals(data: DomainData, options: BundleOptions) -> tuple[list, str]:
-    """The normal images a domain's threshold, score range and colour ranges come from, and their split's
-    name: the held-out normals, or the training normals (said so) when fewer than MIN_HOLDOUT_IMAGES."""
-    calibration_refs, holdout = split_normals(data, options)
-    if len(holdout) >= MIN_HOLDOUT_IMAGES:
-        return holdout, options.holdout.describe()
-    return (
-        calibration_refs,
-        f"train (fallback: only {len(holdout)} held-out normals, {MIN_HOLDOUT_IMAGES} needed)",
-    )
+    """The normal images a domain's statistics, threshold, score range and colour ranges come from, and
+    their split's name (model.calibration.calibration_normals)."""
+    return calibration_normals(options.holdout, data.name, data.normal_train_refs())
 
 
 def domain_threshold(

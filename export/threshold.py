@@ -3,9 +3,9 @@ nobody trained on (the run's held-out normals: the validation split, never test)
 
 Method "normal_quantile": the threshold is the (1 - target_fpr) quantile of the held-out normal images'
 image scores from the graph serving the domain (model.calibration.quantile_threshold), and the normalised
-score's range is centred on it (model.calibration.score_range). With fewer than MIN_HOLDOUT_IMAGES
-held-out normals the estimate is meaningless; the training normals are used instead and the manifest's
-`split` says so.
+score's range is centred on it (model.calibration.score_range). With fewer than
+model.calibration.MIN_HOLDOUT_IMAGES held-out normals the estimate is meaningless; the training normals
+are used instead and the manifest's `split` says so.
 
 Heatmap colour ranges come from the same normal images. Anomaly maps of this model sit on a large
 per-domain baseline, so a ramp anchored at 0 paints every pixel the same mid colour. Per map (fused and
@@ -26,7 +26,6 @@ import numpy as np
 from model.calibration import MIN_RELATIVE_SPAN, quantile_threshold, score_range
 
 METHOD = "normal_quantile"
-MIN_HOLDOUT_IMAGES = 5
 
 
 @dataclass(frozen=True)

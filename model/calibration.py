@@ -17,7 +17,9 @@ above a typical normal scores 1 (the same anchoring as the heatmaps' colour rang
 
 The statistics come from per-sample routing (the torch model as trained); both exported graphs apply the
 same numbers. Held-out images, not training ones: the model reconstructs what it trained on better than
-new normals, and a threshold set on deflated statistics would fire on every unseen normal.
+new normals, and a threshold set on deflated statistics would fire on every unseen normal. Only a run
+that held out fewer than MIN_HOLDOUT_IMAGES normals of a domain falls back to its training normals, and
+the split's name says so.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from model.unimmad import UniMMAD
 DEFAULT_HOLDOUT_FRACTION = 0.1
 DEFAULT_HOLDOUT_SEED = 0
 DEFAULT_TARGET_FPR = 0.05
+# Fewer held-out normals than this make a meaningless quantile: the training normals are used instead.
+MIN_HOLDOUT_IMAGES = 5
 # Floor of a fitted scale, relative to 1: a (modality, level) whose normal distances are constant must
 # not divide by zero.
 MIN_SCALE = 1e-6
@@ -75,15 +79,15 @@ class RecordedHoldout:
         return f"holdout(fraction={self.fraction}, seed={self.seed})"
 
 
-def held_out_normals(
+def calibration_normals(
     holdout: RecordedHoldout, domain: str, normals: Sequence[SampleT]
 ) -> tuple[list[SampleT], str]:
-    """The images normal statistics are fitted on and the split's name: the held-out normals, or, when a
-    run held none out, the training normals (said so in the name, so a reader can judge)."""
+    """The normal images everything of a domain is fitted on, and their split's name: the held-out
+    normals, or the training normals (said so) when fewer than MIN_HOLDOUT_IMAGES were held out."""
     train, held = holdout.split(domain, normals)
-    if held:
+    if len(held) >= MIN_HOLDOUT_IMAGES:
         return held, holdout.describe()
-    return train, "train (fallback: no held-out normals)"
+    return train, f"train (fallback: only {len(held)} held-out normals, {MIN_HOLDOUT_IMAGES} needed)"
 
 
 @torch.no_grad()
@@ -144,10 +148,11 @@ def normalized_scores(scores: np.ndarray, bounds: tuple[float, float]) -> np.nda
 
 __all__ = [
     "DEFAULT_TARGET_FPR",
+    "MIN_HOLDOUT_IMAGES",
     "NormalStatistics",
     "RecordedHoldout",
+    "calibration_normals",
     "fit_normal_statistics",
-    "held_out_normals",
     "normalized_scores",
     "quantile_threshold",
     "score_range",

@@ -32,8 +32,8 @@ from model.anomaly_map import NormalStatistics, anomaly_maps
 from model.calibration import (
     DEFAULT_TARGET_FPR,
     RecordedHoldout,
+    calibration_normals,
     fit_normal_statistics,
-    held_out_normals,
     normalized_scores,
     quantile_threshold,
     score_range,
@@ -152,7 +152,7 @@ def fit_validation(
     fitted = {}
     try:
         for name in train.domains:
-            refs, split = held_out_normals(holdout, name, normals[name])
+            refs, split = calibration_normals(holdout, name, normals[name])
             if not refs:
                 raise ValueError(f"domain {name} has no normal training images to calibrate on")
             indices = [positions[name][ref.id] for ref in refs]
