@@ -51,12 +51,15 @@ def breakdown_modules(model: UniMMAD) -> dict[str, nn.Module]:
 
 
 def count_macs(model: UniMMAD, modalities: int) -> tuple[int, dict[str, int]]:
-    """MACs of one forward of one sample with `modalities` slots: total and per top-level part."""
+    """MACs of one forward of one sample with `modalities` slots: total and per top-level part.
+
+    Counted with the official grouped routed conv (spec 10), not the training default: the fused one
+    computes the same output with fewer MACs, so its count would not be comparable with the paper's."""
     size = model.config.image_size
     images = torch.zeros(1, modalities, 3, size, size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(images)
+        model(images, kernel_mode="grouped")
     flops_by_module = counter.get_flop_counts()
     root = type(model).__name__
     per_part = {
