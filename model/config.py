@@ -173,9 +173,12 @@ PRESETS: dict[str, UniMMADConfig] = {
         anomaly_fusion="calibrated_max",
         # Lite0's taps are signed linear bottlenecks: the head must be signed too (model.unimmad).
         prediction_activation="none",
-        epochs=30,
+        epochs=40,
         batch_size=8,
         warmup_fraction=0.03,
+        # Short runs: the balance loss holds the gates near uniform while it weighs ~1, so it is annealed
+        # over the first 30 % of the steps and the gates can specialise for the rest of the run.
+        balance_anneal_fraction=0.3,
     ),
 }
 
