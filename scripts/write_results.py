@@ -70,13 +70,14 @@ def render(
             f"{sum(d['holdout_samples'] for d in config['data']['domains'])} normal samples held out for calibration)"
         ),
         (
-            f"- preset `{training['preset']}`, batch {training['batch_size']}, Adam lr {training['lr']}, cosine over "
-            f"{training['epochs']} epochs, seed {config['training']['seed']}, {config['training']['precision']} on CPU"
+            f"- preset `{training['preset']}`, batch {training['batch_size']}, Adam lr {training['lr']} with warm-up "
+            f"and a cosine sized to the run (at most {training['epochs']} epochs), seed "
+            f"{config['training']['seed']}, {config['training']['precision']} on CPU"
         ),
         f"- trained {progress['step']} steps = {progress['epoch']} full epochs"
         + (f" + {progress['batches_done']} batches" if progress["batches_done"] else "")
-        + f" in {progress['train_seconds'] / 60:.1f} min of training (wall-clock budget reached: "
-        f"{'no' if progress['epoch'] >= training['epochs'] else 'yes, the cosine schedule did not finish'})",
+        + f" in {progress['train_seconds'] / 60:.1f} min of training; final learning rate "
+        f"{progress['history'][-1]['lr']:.2g} (0 = the schedule ran to its end)",
         "",
         "## Per domain (fused map and score) next to the paper",
         "",
