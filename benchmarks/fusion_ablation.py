@@ -41,11 +41,13 @@ def domain_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def ablation(checkpoint: Path, data: str | None, batch_size: int, fusions: tuple[str, ...]) -> dict[str, Any]:
     from model.calibration import RecordedHoldout
-    from model.checkpoint import load_checkpoint
+    from model.checkpoint import STATE_JSON_FILE, load_checkpoint
     from model.data import parse_data_spec
     from model.evaluate import evaluate_model
 
     model, run_config = load_checkpoint(checkpoint)
+    state = checkpoint / STATE_JSON_FILE
+    progress = json.loads(state.read_text(encoding="utf-8"))["progress"] if state.is_file() else {}
     spec = data or run_config["data"]["spec"]
     trained_with = model.config.anomaly_fusion
     results = {}
@@ -62,7 +64,7 @@ def ablation(checkpoint: Path, data: str | None, batch_size: int, fusions: tuple
         "checkpoint": str(checkpoint),
         "data": spec,
         "checkpoint_fusion": trained_with,
-        "epochs_trained": run_config.get("progress", {}).get("epoch"),
+        "trained": {"epochs": progress.get("epoch"), "steps": progress.get("step")},
         "fusions": results,
     }
 
