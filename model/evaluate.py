@@ -42,7 +42,7 @@ from model.calibration import (
 from model.config import CALIBRATED_FUSIONS
 from model.data.loader import MAX_MODALITIES, MultiDomainDataset, collate
 from model.data.sample import Domain, Source
-from model.metrics import METRIC_KEYS, aggregate, compute_metrics, image_metrics
+from model.metrics import METRIC_KEYS, aggregate, auroc_interval, compute_metrics, image_metrics
 from model.unimmad import UniMMAD
 
 logger = logging.getLogger(__name__)
@@ -245,6 +245,7 @@ def metric_rows(
 ) -> dict[str, dict[str, float | None]]:
     """The fused row and one row per modality (its own map and score)."""
     rows = {FUSED: compute_metrics(arrays["labels"], arrays["scores"], arrays["masks"], arrays["maps"])}
+    rows[FUSED]["image_auroc_ci95"] = auroc_interval(arrays["labels"], arrays["scores"])
     for slot, name in enumerate(modality_names):
         rows[name] = compute_metrics(
             arrays["labels"],
@@ -252,6 +253,7 @@ def metric_rows(
             arrays["masks"],
             arrays["modality_maps"][:, slot],
         )
+        rows[name]["image_auroc_ci95"] = auroc_interval(arrays["labels"], arrays["modality_scores"][:, slot])
     return rows
 
 
@@ -369,12 +371,18 @@ def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _metrics_table(rows: list[tuple[str, str, dict[str, int], dict[str, float | None]]]) -> list[str]:
-    header = ["domain", "map", "normal", "defective", *COLUMNS.values()]
+def _interval_cell(interval: Sequence[float] | None) -> str:
+    return "–" if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def _metrics_table(rows: list[tuple[str, str, dict[str, int], dict[str, Any]]]) -> list[str]:
+    header = ["domain", "map", "normal", "defective", *COLUMNS.values(), "I-AUROC 95 % CI"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for domain, source, counts, metrics in rows:
         cells = [domain, source, str(counts["normal"]), str(counts["defective"])]
-        lines.append("| " + " | ".join(cells + [_cell(metrics[key]) for key in METRIC_KEYS]) + " |")
+        cells += [_cell(metrics[key]) for key in METRIC_KEYS]
+        cells.append(_interval_cell(metrics.get("image_auroc_ci95")))
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

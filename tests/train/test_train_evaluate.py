@@ -82,7 +82,10 @@ def test_evaluate_command_writes_json_markdown_and_heatmaps(finished_run, tmp_pa
     boards = metrics["domains"]["synthetic/boards"]
     assert set(boards["metrics"]) == {"fused", "rgb", "infrared", "depth"}
     assert set(boards["image_auroc_by_defect_modality"]) == {"rgb", "infrared", "depth"}
-    assert all(0 <= value <= 1 for value in boards["metrics"]["fused"].values() if value is not None)
+    fused = dict(boards["metrics"]["fused"])
+    low, high = fused.pop("image_auroc_ci95")  # the bootstrap interval brackets the image AUROC
+    assert 0 <= low <= fused["image_auroc"] <= high <= 1
+    assert all(0 <= value <= 1 for value in fused.values() if value is not None)
     markdown = (tmp_path / "metrics.md").read_text()
     assert "| synthetic/brain | t1ce |" in markdown and "Per defect group" not in markdown
     pngs = sorted(path.relative_to(tmp_path).as_posix() for path in (tmp_path / "heatmaps").rglob("*.png"))
