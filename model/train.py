@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from model.checkpoint import has_train_state, load_train_state, read_config, res
 from model.config import UniMMADConfig, preset
 from model.data import SyntheticConfig, parse_data_spec
 from model.data.holdout import split_holdout
-from model.data.loader import DomainBalancedSampler, MultiDomainDataset, collate
+from model.data.loader import DecodedCache, DomainBalancedSampler, MultiDomainDataset, collate
 from model.data.sample import Domain, Source
 from model.evaluate import evaluate_model, summary_line
 from model.losses import unimmad_loss
@@ -49,6 +51,8 @@ EVAL_FOLDER = "eval"
 ROUTING_FILE = "routing.json"
 # Gate statistics are gathered from every n-th step (they cost a host copy of the gate probabilities).
 ROUTING_SAMPLE_EVERY = 4
+# The loss is read on the host every n-th step (and at the end of an epoch): a read waits for the device.
+LOSS_READ_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class TrainOptions:
     prior_weights: str | None = None
     prior_cache: bool = True
     workers: int = 0
+    data_cache: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -124,9 +129,16 @@ def model_config_for(options: TrainOptions, base: UniMMADConfig | None = None) -
     for name in ("epochs", "batch_size", "lr"):
         if getattr(options, name) is not None:
             changes[name] = getattr(options, name)
+    if options.batch_size is not None and options.lr is None:
+        changes["lr"] = scaled_lr(config.lr, options.batch_size, config.batch_size)
     if options.prior_weights is not None:
         changes["prior_weights"] = options.prior_weights
     return config.replace(**changes) if changes else config
+
+
+def scaled_lr(lr: float, batch_size: int, preset_batch_size: int) -> float:
+    """The large-batch rule: Adam's learning rate times sqrt(batch / the preset's batch)."""
+    return lr * math.sqrt(batch_size / preset_batch_size)
 
 
 def domain_record(domain: Domain, train: int, holdout: int) -> dict[str, Any]:
@@ -202,9 +214,14 @@ def batch_loader(
     batch_size: int,
     skip_batches: int,
     workers: int,
-) -> DataLoader:
-    """This epoch's batches (the sampler's draw), minus the first ``skip_batches`` already trained on."""
+    decoded: DecodedCache | None = None,
+) -> Iterable[dict[str, Any]]:
+    """This epoch's batches (the sampler's draw), minus the first ``skip_batches`` already trained on;
+    gathered from ``decoded`` when given, else decoded by the Dataset."""
     indices = list(sampler)[skip_batches * batch_size :]
+    if decoded is not None:
+        starts = range(0, len(indices) - batch_size + 1, batch_size)  # drop_last
+        return (decoded.collate(indices[start : start + batch_size]) for start in starts)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -252,6 +269,9 @@ def train(
     description = run_config(options, data_record)
 
     model = UniMMAD(config, allow_random_prior=allow_random_prior).to(device)
+    if device.type == "cuda":  # cuDNN's bf16 convolutions run fastest on NHWC
+        model = model.to(memory_format=torch.channels_last)
+    decoded = DecodedCache(dataset, device, options.workers) if options.data_cache else None
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
     sampler = DomainBalancedSampler(dataset, seed=options.seed)
     steps_per_epoch = len(sampler) // config.batch_size
@@ -267,7 +287,7 @@ def train(
     deadline = started + options.max_minutes * 60 if options.max_minutes else None
     planner = BudgetPlanner(max_steps, deadline)
     lr_plan.planned_steps = max_steps
-    cache = PriorCache(model) if options.prior_cache else None
+    cache = PriorCache(model, storage_device=device) if options.prior_cache else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=options.precision == "bf16")
     logger.info(
         "training %s: %d samples in %d domains, %d steps/epoch, up to %d epochs, batch %d, lr %g, device %s/%s"
@@ -296,8 +316,11 @@ def train(
         sampler.set_epoch(epoch)
         model.train()
         monitor = RoutingMonitor()
-        epoch_started, epoch_samples, epoch_batches, loss_sum = time.monotonic(), 0, 0, 0.0
-        loader = batch_loader(dataset, sampler, config.batch_size, progress["batches_done"], options.workers)
+        epoch_started, epoch_samples, epoch_batches = time.monotonic(), 0, 0
+        loss_sum = torch.zeros((), device=device)
+        loader = batch_loader(
+            dataset, sampler, config.batch_size, progress["batches_done"], options.workers, decoded
+        )
         for batch in loader:
             step_started = time.monotonic()
             images = batch["images"].to(device, non_blocking=True)
@@ -316,8 +339,9 @@ def train(
             optimizer.step()
             if progress["step"] % ROUTING_SAMPLE_EVERY == 0:
                 monitor.add(output.routes, [batch["domains"][i] for i in output.pair_sample.tolist()])
-            last_loss = terms.total.item()
-            loss_sum += last_loss
+            loss_sum += terms.total.detach()
+            if progress["step"] % LOSS_READ_EVERY == 0:
+                last_loss = terms.total.item()
             progress["step"] += 1
             progress["batches_done"] += 1
             epoch_samples += images.shape[0]
@@ -342,6 +366,8 @@ def train(
                 out_of_time = True
                 break
         progress["train_seconds"] += time.monotonic() - epoch_started
+        if epoch_batches:
+            last_loss = terms.total.item()
         routing = monitor.summary()
         progress["routing"] = routing
         epoch_complete = progress["batches_done"] >= steps_per_epoch
@@ -351,7 +377,7 @@ def train(
                 {
                     "epoch": epoch + 1,
                     "steps": epoch_batches,
-                    "mean_loss": loss_sum / max(epoch_batches, 1),
+                    "mean_loss": loss_sum.item() / max(epoch_batches, 1),
                     "lr": scheduler.get_last_lr()[0],
                     "balance_weight": terms.balance_weight if epoch_batches else None,
                     "seconds": time.monotonic() - epoch_started,

@@ -29,9 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, evaluations)")
     parser.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
-    parser.add_argument("--batch-size", type=int, help="samples per step (default: the preset's)")
     parser.add_argument(
-        "--lr", type=float, help="Adam learning rate, cosine-annealed per epoch (default: the preset's)"
+        "--batch-size",
+        type=int,
+        help="samples per step (default: the preset's); without --lr the learning rate follows the "
+        "large-batch rule lr = preset lr * sqrt(batch / preset batch)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help="Adam learning rate, cosine-annealed (default: the preset's, scaled by the --batch-size rule)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of initialisation, sampling and holdout (default: 0)"
@@ -62,7 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--prior-weights", help="weights file of the frozen prior (default: the preset's)")
     parser.add_argument("--no-prior-cache", action="store_true", help="recompute the frozen prior every step")
-    parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes that decode the data (once, or every step with --no-data-cache; default: 0)",
+    )
+    parser.add_argument(
+        "--no-data-cache",
+        action="store_true",
+        help="decode every sample every step instead of once into memory (on the --device)",
+    )
     return parser
 
 
@@ -88,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         prior_weights=args.prior_weights,
         prior_cache=not args.no_prior_cache,
         workers=args.workers,
+        data_cache=not args.no_data_cache,
     )
     result = train(options)
     print(
