@@ -2,7 +2,8 @@
 
 Entries, comma-separated:
 
-- ``synthetic`` or ``synthetic:SEED`` - the embedded generator (:mod:`model.data.synthetic`).
+- ``synthetic`` or ``synthetic:SEED`` - the embedded generator (:mod:`model.data.synthetic`);
+  ``synthetic@tiles+boards`` keeps the named domains.
 - ``shared:magnetic_tile``, ``shared:mvtec3d_tire``, ``shared:mulsen`` or
   ``shared:mulsen:CAT+CAT`` - the real data in ``../shared/data`` (beside the repository; the
   ``UNIMMAD_SHARED_DATA`` environment variable points elsewhere).
@@ -76,15 +77,24 @@ def _categories(text: str, entry: str) -> tuple[str, ...]:
     return names
 
 
+def _synthetic_entry(entry: str, synthetic: SyntheticConfig | None) -> SyntheticSource:
+    """``synthetic[:SEED][@NAME+NAME]``: the embedded domains (``@`` keeps those named, without the
+    ``synthetic/`` prefix: ``synthetic@tiles+boards``)."""
+    head, at, wanted = entry.partition("@")
+    _, _, seed = head.partition(":")
+    config = synthetic or SyntheticConfig()
+    if seed:
+        if not seed.isdigit():
+            raise ValueError(f"data spec entry {entry!r}: the synthetic seed must be a non-negative integer")
+        config = replace(config, seed=int(seed))
+    return SyntheticSource(entry, config, _categories(wanted, entry) if at else None)
+
+
 def _parse_entry(entry: str, synthetic: SyntheticConfig | None) -> Source:
     kind, _, argument = entry.partition(":")
     kind = kind.strip()
-    if kind == "synthetic":
-        if not argument:
-            return SyntheticSource(entry, synthetic)
-        if not argument.isdigit():
-            raise ValueError(f"data spec entry {entry!r}: the synthetic seed must be a non-negative integer")
-        return SyntheticSource(entry, replace(synthetic or SyntheticConfig(), seed=int(argument)))
+    if kind.partition("@")[0].strip() == "synthetic":
+        return _synthetic_entry(entry, synthetic)
     if kind == "shared":
         name, _, wanted = argument.partition(":")
         if name not in SHARED:

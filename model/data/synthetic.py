@@ -321,12 +321,24 @@ def generate(domain: str, split: Split, index: int, defect: str | None, config: 
 class SyntheticSource(Source):
     """The ``synthetic`` / ``synthetic:SEED`` entry of a data spec."""
 
-    def __init__(self, spec: str = "synthetic", config: SyntheticConfig | None = None) -> None:
+    def __init__(
+        self,
+        spec: str = "synthetic",
+        config: SyntheticConfig | None = None,
+        names: tuple[str, ...] | None = None,
+    ) -> None:
+        """names: the domains to keep, without the ``synthetic/`` prefix (None: all of them)."""
         super().__init__(spec)
         self.config = config or SyntheticConfig()
+        known = [domain.name.removeprefix("synthetic/") for domain in DOMAINS]
+        if names is not None and (unknown := sorted(set(names) - set(known))):
+            raise ValueError(
+                f"{spec!r}: unknown synthetic domain(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        self._domains = tuple(d for d, name in zip(DOMAINS, known) if names is None or name in names)
 
     def domains(self) -> tuple[Domain, ...]:
-        return DOMAINS
+        return self._domains
 
     def refs(self, split: Split, domain: str) -> list[SampleRef]:
         self.domain(domain)
