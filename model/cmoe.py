@@ -41,8 +41,6 @@ BASE_BANK_STD = 0.05
 LEADER_TABLE_STD = 0.02
 SCORE_EPS = 1e-8
 CV_EPS = 1e-8
-# The official C-MoE has GN(32, 256): 8 channels per group (see moe_norm_groups).
-MOE_CHANNELS_PER_GROUP = 8
 KERNEL_MODES = ("grouped", "fused", "bank")
 DEFAULT_KERNEL_MODE = "fused"
 
@@ -76,16 +74,16 @@ class CMoEOutput(NamedTuple):
     balance_loss: Tensor
 
 
-def moe_norm_groups(width: int) -> int:
+def moe_norm_groups(width: int, min_group_channels: int) -> int:
     """GroupNorm groups of the C-MoE's internal width E: the official rule, but never fewer than
-    MOE_CHANNELS_PER_GROUP channels in a group. At E = 256 that is the official GN(32, 256); at a small
-    E the official rule would leave 1-2 channels per group, which normalises every channel on its own:
-    the global condition vector g = GAP(GN(...)) then hardly varies between samples or domains, and the
-    gates cannot route by input."""
+    ``min_group_channels`` channels in a group (config.moe_min_group_channels). With 8 at E = 256 that is
+    the official GN(32, 256); at a small E the official rule would leave 1-2 channels per group, which
+    normalises every channel on its own: the global condition vector g = GAP(GN(...)) then hardly varies
+    between samples or domains, and the gates cannot route by input."""
     return next(
         groups
         for groups in GROUP_NORM_CANDIDATES
-        if width % groups == 0 and width // groups >= min(MOE_CHANNELS_PER_GROUP, width)
+        if width % groups == 0 and width // groups >= min(min_group_channels, width)
     )
 
 
@@ -216,7 +214,14 @@ class MiMoE(nn.Module):
     """
 
     def __init__(
-        self, width: int, kernel_size: int, base_experts: int, leaders: int, top_k: int, z_loss_weight: float
+        self,
+        width: int,
+        kernel_size: int,
+        base_experts: int,
+        leaders: int,
+        top_k: int,
+        z_loss_weight: float,
+        norm_groups: int,
     ) -> None:
         super().__init__()
         self.kernel_size = kernel_size
@@ -225,8 +230,8 @@ class MiMoE(nn.Module):
         self.soft_expert = nn.Parameter(delta_kernel(width, kernel_size))
         self.experts = nn.Parameter(torch.randn(leaders, base_experts, width) * LEADER_TABLE_STD)
         self.gate = Gate(width, leaders)
-        self.pre = conv_gn_relu(width, width, groups=moe_norm_groups(width))
-        self.post = conv_gn_relu(2 * width, width, groups=moe_norm_groups(width))
+        self.pre = conv_gn_relu(width, width, groups=norm_groups)
+        self.post = conv_gn_relu(2 * width, width, groups=norm_groups)
 
     def route(self, condition: Tensor) -> GateOutput:
         """Gate with top-K and renormalised scores, plus its balance statistics. condition [N,E]."""
@@ -290,11 +295,12 @@ class CMoE(nn.Module):
         kernel_sizes: Sequence[int] = (1, 3, 5),
         z_loss_weight: float = 1e-4,
         signed_prediction: bool = False,
+        min_group_channels: int = 8,
     ) -> None:
         super().__init__()
         self.kernel_sizes = tuple(kernel_sizes)
         self.signed_prediction = signed_prediction
-        groups = moe_norm_groups(width)
+        groups = moe_norm_groups(width, min_group_channels)
         self.conv_share = conv_gn_relu(channels, width, groups=groups)
         self.conv_prior = conv_gn_relu(channels, width, groups=groups)
         self.conv_cond = nn.Sequential(
@@ -312,7 +318,7 @@ class CMoE(nn.Module):
             for size in kernel_sizes
         )
         self.MoEs = nn.ModuleList(
-            MiMoE(width, size, base_experts, leaders, top_k, z_loss_weight) for size in kernel_sizes
+            MiMoE(width, size, base_experts, leaders, top_k, z_loss_weight, groups) for size in kernel_sizes
         )
         self.conv_out_first = conv_gn_relu(
             len(self.kernel_sizes) * width, channels, relu=not signed_prediction

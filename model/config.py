@@ -68,6 +68,9 @@ class UniMMADConfig:
     top_k: int = 2
     kernel_sizes: tuple[int, ...] = (1, 3, 5)
     prediction_activation: str = "relu"
+    # Fewest channels per GroupNorm group inside the C-MoE (model.cmoe.moe_norm_groups): 8 is the official
+    # GN(32, 256); a small moe_width under the official rule alone would get 1-2 (issue 11's routing fix).
+    moe_min_group_channels: int = 8
     # Anomaly map [8.2]
     anomaly_fusion: str = "code"
     blur_kernel: int = 15
@@ -115,6 +118,8 @@ class UniMMADConfig:
             )
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"config warmup_fraction={self.warmup_fraction} must be within [0, 1)")
+        if self.moe_min_group_channels < 1:
+            raise ValueError(f"config moe_min_group_channels={self.moe_min_group_channels} must be >= 1")
         if not 0 < self.top_fraction <= 1:
             raise ValueError(f"config top_fraction={self.top_fraction} must be within (0, 1]")
 

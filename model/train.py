@@ -76,6 +76,9 @@ class TrainOptions:
     prior_cache: bool = True
     workers: int = 0
     data_cache: bool = True
+    # Config fields changed for this run (ablations: `--set moe_min_group_channels=2`); recorded in the
+    # run's config like every other field.
+    config_overrides: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -133,6 +136,7 @@ def model_config_for(options: TrainOptions, base: UniMMADConfig | None = None) -
         changes["lr"] = scaled_lr(config.lr, options.batch_size, config.batch_size)
     if options.prior_weights is not None:
         changes["prior_weights"] = options.prior_weights
+    changes.update(options.config_overrides)
     return config.replace(**changes) if changes else config
 
 

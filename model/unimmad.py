@@ -94,6 +94,7 @@ class UniMMAD(nn.Module):
                 kernel_sizes=config.kernel_sizes,
                 z_loss_weight=config.z_loss_weight,
                 signed_prediction=config.prediction_activation == "none",
+                min_group_channels=config.moe_min_group_channels,
             )
             for channels in prior_channels
         )

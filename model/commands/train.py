@@ -9,9 +9,15 @@ budget runs out) and periodic evaluations to runs/NAME/eval/. Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 from pathlib import Path
+from typing import Any
 
-from model.config import PRESETS
+from model.config import PRESETS, UniMMADConfig
+
+CONFIG_FIELDS = {field.name for field in dataclasses.fields(UniMMADConfig)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -80,12 +86,40 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="decode every sample every step instead of once into memory (on the --device)",
     )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=config_override,
+        metavar="FIELD=VALUE",
+        help="change one field of the preset's config (repeatable; VALUE is JSON, else a string), "
+        "e.g. --set balance_anneal_fraction=1.0 --set kernel_sizes=[1,3]",
+    )
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def config_override(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` -> (field, value); VALUE parsed as JSON (lists become tuples), else kept as text."""
+    name, separator, raw = text.partition("=")
+    if not separator or not name:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    if name not in CONFIG_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown config field {name!r}; see `python -m model info --preset lite`"
+        )
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return name, tuple(value) if isinstance(value, list) else value
 
+
+def run(args: argparse.Namespace) -> int:
+    # OpenMP threads that wait by spinning take the cores that other processes (and this process's other
+    # threads) need; on the shared 2-core machine a training step runs ~2x faster with passive waits
+    # (benchmarks/train_throughput.py, path "passive"). Read once, when torch loads: set it before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from model.train import TrainOptions, train
 
     options = TrainOptions(
@@ -106,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         prior_cache=not args.no_prior_cache,
         workers=args.workers,
         data_cache=not args.no_data_cache,
+        config_overrides=tuple(args.overrides),
     )
     result = train(options)
     print(

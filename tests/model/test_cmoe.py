@@ -20,6 +20,7 @@ from model.cmoe import (
     router_z_loss,
     top_k_routing,
 )
+from model.config import UniMMADConfig
 
 WIDTH, BASES, LEADERS, TOP_K = 8, 3, 6, 2
 
@@ -52,7 +53,7 @@ def test_router_z_loss_is_mean_squared_logsumexp() -> None:
 
 def test_gate_route_scores_sum_to_one_and_balance_uses_weighted_z_loss() -> None:
     torch.manual_seed(0)
-    branch = MiMoE(WIDTH, 3, BASES, LEADERS, TOP_K, z_loss_weight=1e-4)
+    branch = MiMoE(WIDTH, 3, BASES, LEADERS, TOP_K, z_loss_weight=1e-4, norm_groups=1)
     condition = torch.randn(5, WIDTH)
     route = branch.route(condition)
     logits = branch.gate(condition)
@@ -207,23 +208,26 @@ def _domain_gate_probs(cmoe: CMoE, seed: int) -> list[torch.Tensor]:
     return probs
 
 
-def test_small_widths_keep_enough_channels_per_group_for_the_gates_to_tell_domains_apart(monkeypatch) -> None:
+def test_small_widths_keep_enough_channels_per_group_for_the_gates_to_tell_domains_apart() -> None:
     """With one channel per GroupNorm group (the official rule at E = 8) every channel is normalised on
     its own, the condition vector is the same for every input and both domains route identically."""
     from model import cmoe as cmoe_module
     from model.config import group_norm_groups
     from model.routing_stats import js_divergence
 
-    assert cmoe_module.moe_norm_groups(256) == group_norm_groups(256) == 32  # the paper width is unchanged
-    assert cmoe_module.moe_norm_groups(64) == 8 and cmoe_module.moe_norm_groups(8) == 1
+    official = UniMMADConfig().moe_min_group_channels
+    assert cmoe_module.moe_norm_groups(256, official) == group_norm_groups(256) == 32  # paper width unchanged
+    assert cmoe_module.moe_norm_groups(64, official) == 8 and cmoe_module.moe_norm_groups(8, official) == 1
+    assert cmoe_module.moe_norm_groups(8, 1) == group_norm_groups(8) == 8  # the official rule alone
 
-    def divergence() -> float:
+    def divergence(min_group_channels: int) -> float:
         torch.manual_seed(0)
-        module = cmoe_module.CMoE(16, width=8, base_experts=3, leaders=6).eval()
+        module = cmoe_module.CMoE(
+            16, width=8, base_experts=3, leaders=6, min_group_channels=min_group_channels
+        ).eval()
         return js_divergence(*_domain_gate_probs(module, seed=1))
 
-    with_enough_channels = divergence()
-    monkeypatch.setattr(cmoe_module, "moe_norm_groups", group_norm_groups)
-    per_channel = divergence()
+    with_enough_channels = divergence(official)
+    per_channel = divergence(1)
     assert per_channel < 1e-4
     assert with_enough_channels > 100 * per_channel

@@ -118,12 +118,32 @@ def test_evaluation_does_not_depend_on_batch_size(finished_run, tiny_synthetic) 
         (["train", "--data", "synthetic", "--out", "{tmp}/r", "--precision", "bf16"], "needs --device cuda"),
         (["train", "--data", "synthetic", "--out", "{tmp}/r", "--resume"], "no resumable checkpoint"),
         (["evaluate", "--checkpoint", "{tmp}/absent", "--out", "{tmp}/e"], "checkpoint folder not found"),
+        (["train", "--data", "synthetic", "--out", "{tmp}/r", "--set", "image_size=100"], "multiple of 32"),
     ],
 )
 def test_bad_arguments_fail_with_one_line(argv, message, tmp_path, capsys) -> None:
     assert main([part.format(tmp=tmp_path) for part in argv]) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("override", "message"), [("no_such_field=1", "unknown config field"), ("top_k", "expected FIELD=VALUE")]
+)
+def test_a_bad_config_override_is_a_usage_error(override, message, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", "synthetic", "--out", str(tmp_path / "r"), "--set", override])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
+
+
+def test_config_overrides_parse_json_values_and_keep_text() -> None:
+    from model.commands.train import config_override
+
+    assert config_override("kernel_sizes=[1,3]") == ("kernel_sizes", (1, 3))
+    assert config_override("balance_anneal_fraction=1.0") == ("balance_anneal_fraction", 1.0)
+    assert config_override("anomaly_fusion=code") == ("anomaly_fusion", "code")
 
 
 def test_a_run_ends_annealed_and_reports_routing_health_per_gate_and_domain(
