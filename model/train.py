@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -101,6 +102,20 @@ class TrainOptions:
             raise ValueError("--device cuda: no CUDA device is available")
         if self.precision == "bf16" and self.device != "cuda":
             raise ValueError("--precision bf16 needs --device cuda (CPU training runs in fp32)")
+
+
+@dataclass
+class TrainingRun:
+    """What the training loop trains: the built model, its training set, the parameters that move and
+    the run config saved with every checkpoint. ``train`` tunes every trainable parameter on a data
+    spec; ``model.adapt`` a few of them on new domains plus a replay of the old ones."""
+
+    model: UniMMAD
+    config: UniMMADConfig
+    dataset: MultiDomainDataset
+    sources: list[Source]  # evaluation reads the test split of every domain of the dataset from these
+    description: dict[str, Any]
+    parameters: list[nn.Parameter]
 
 
 @dataclass
@@ -212,6 +227,17 @@ def check_resume(options: TrainOptions) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- loop
 
 
+def train_mode(model: UniMMAD) -> None:
+    """Training mode for what trains: a BatchNorm whose weights are frozen stays in eval mode, so a run
+    that tunes a few modules (model.adapt) cannot move the others through their running statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            parameter.requires_grad for parameter in module.parameters(recurse=False)
+        ):
+            module.eval()
+
+
 def batch_loader(
     dataset: MultiDomainDataset,
     sampler: DomainBalancedSampler,
@@ -261,7 +287,6 @@ def train(
             config = config.replace(epochs=options.epochs)
         if options.prior_weights is not None:
             config = config.replace(prior_weights=options.prior_weights)
-    device = torch.device(options.device)
     seed_everything(options.seed)
 
     sources = parse_data_spec(options.data, synthetic=synthetic)
@@ -271,19 +296,28 @@ def train(
     if len(dataset) < config.batch_size:
         raise ValueError(f"{len(dataset)} training samples are fewer than one batch of {config.batch_size}")
     description = run_config(options, data_record)
+    model = UniMMAD(config, allow_random_prior=allow_random_prior)
+    run = TrainingRun(model, config, dataset, sources, description, model.trainable_parameters())
+    return fit(run, options, started)
 
-    model = UniMMAD(config, allow_random_prior=allow_random_prior).to(device)
+
+def fit(run: TrainingRun, options: TrainOptions, started: float) -> TrainResult:
+    """The training loop over ``run`` (resumed from ``options.out`` with ``options.resume``); returns
+    when the schedule is done or ``options.max_minutes`` after ``started`` (time.monotonic())."""
+    config, dataset, sources, description = run.config, run.dataset, run.sources, run.description
+    device = torch.device(options.device)
+    model = run.model.to(device)
     if device.type == "cuda":  # cuDNN's bf16 convolutions run fastest on NHWC
         model = model.to(memory_format=torch.channels_last)
     decoded = DecodedCache(dataset, device, options.workers) if options.data_cache else None
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(run.parameters, lr=config.lr)
     sampler = DomainBalancedSampler(dataset, seed=options.seed)
     steps_per_epoch = len(sampler) // config.batch_size
     max_steps = steps_per_epoch * config.epochs
     lr_plan = CosineWithWarmup(max_steps, config.warmup_fraction)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan)
     progress: dict[str, Any] = {"epoch": 0, "batches_done": 0, "step": 0, "train_seconds": 0.0, "history": []}
-    if recorded is not None:
+    if options.resume:
         restore_weights(options.out, model)
         progress = load_train_state(options.out, optimizer, scheduler)
         logger.info("resuming %s at epoch %d, step %d", options.out, progress["epoch"], progress["step"])
@@ -318,7 +352,7 @@ def train(
     while progress["epoch"] < config.epochs and progress["step"] < planned and not out_of_time:
         epoch = progress["epoch"]
         sampler.set_epoch(epoch)
-        model.train()
+        train_mode(model)
         monitor = RoutingMonitor()
         epoch_started, epoch_samples, epoch_batches = time.monotonic(), 0, 0
         loss_sum = torch.zeros((), device=device)
