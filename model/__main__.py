@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import NoReturn
 
-COMMANDS = ["info", "metrics", "train", "evaluate"]
+COMMANDS = ["info", "metrics", "train", "adapt", "evaluate"]
 USAGE_ERROR = 2
 
 

@@ -1,0 +1,99 @@
+"""``python -m model adapt``: add new domains to a trained run without retraining it (spec 9).
+
+Tunes only the MoE leaders, the condition router (conv_cond + gates) and the aggregation conv
+(conv_out_first) on the new domains of --data, with a replay of --replay of each old domain's training
+items; everything else stays bit-identical to the parent, so `python -m export add-domain` can append the
+new domains to the parent's bundle. Progress, --resume and --max-minutes work as for `train`. Example:
+
+    python -m model adapt --checkpoint runs/A --data synthetic@boards --out runs/B --max-minutes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from model.adapt import DEFAULT_REPLAY
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "adapt",
+        help="learn new domains from a trained run by tuning < 10 % of its parameters",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="the parent run folder")
+    parser.add_argument("--data", required=True, help="data spec of the new domain(s) only")
+    parser.add_argument("--out", required=True, type=Path, help="run folder of the adapted model")
+    parser.add_argument(
+        "--replay",
+        type=float,
+        default=DEFAULT_REPLAY,
+        help=f"share of each old domain's training items replayed (default: {DEFAULT_REPLAY})",
+    )
+    parser.add_argument("--epochs", type=int, help="epochs (default: the parent's)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default: the parent's)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of sampling, holdout and replay (default: 0)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the adaptation in --out")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=10,
+        metavar="EPOCHS",
+        help="evaluate every domain (old and new) every N epochs and at the end; 0 = never (default: 10)",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help="normal training samples per new domain held out for calibration (default: 0.1)",
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="stop (with a resumable checkpoint) after this wall time"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast (CUDA only) or fp32"
+    )
+    parser.add_argument("--prior-weights", help="where the parent's prior weights file lives now")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    # Passive OpenMP waits, as `train` sets them (see model/commands/train.py); read when torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from model.adapt import adapt
+    from model.train import TrainOptions
+
+    options = TrainOptions(
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        resume=args.resume,
+        eval_every=args.eval_every,
+        holdout_fraction=args.holdout_fraction,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        precision=args.precision,
+        prior_weights=args.prior_weights,
+    )
+    result = adapt(args.checkpoint, options, replay=args.replay)
+    print(
+        json.dumps(
+            {
+                "out": str(result.out),
+                "epochs_done": result.epochs_done,
+                "step": result.step,
+                "finished": result.finished,
+                "last_loss": result.last_loss,
+            }
+        )
+    )
+    return 0
