@@ -1,0 +1,152 @@
+"""Continual learning on the synthetic domains: adapt a model to a left-out domain vs train jointly.
+
+For each left-out domain: train the lite model on the other synthetic domains, then `model adapt` it to
+the left-out one; beside them one joint model on all domains. Every run has a wall-clock budget (equal
+for every training, a shorter one for adapt). The table compares, per left-out domain:
+- the new domain's image / pixel AUROC after adapt vs the joint model's;
+- the old domains' change through adapt (the adapted checkpoint vs its parent, both evaluated with
+  per-sample routing by the training loop's final evaluation: the forgetting the paper reports; a bundle
+  extended with `export add-domain` keeps the old domains' outputs bit for bit, so there it is zero);
+- the share of parameters adapt tuned, and the wall time of adapt vs a full retraining.
+
+    taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python scripts/continual_eval.py \
+        [--runs runs/continual] [--train-minutes 6] [--adapt-minutes 2] [--out docs/results/continual_synthetic.json]
+
+Runs already in --runs (a `<name>.wall.json` beside the folder) are reused, so a cut-off session resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DOMAINS = ("tiles", "parts", "boards", "brain")
+LEFT_OUT = ("tiles", "boards")  # one rgb, one rgb + infrared + depth
+
+
+def run_once(runs: Path, name: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``python -m model ARGV`` unless ``runs/NAME.wall.json`` says it ran; returns that record."""
+    record_path = runs / f"{name}.wall.json"
+    if record_path.is_file():
+        return json.loads(record_path.read_text())
+    started = time.monotonic()
+    with (runs / f"{name}.log").open("w") as log:
+        code = subprocess.call([sys.executable, "-m", "model", *argv], stdout=log, stderr=subprocess.STDOUT)
+    record = {"run": name, "rc": code, "wall_s": time.monotonic() - started}
+    if code != 0:
+        raise SystemExit(f"error: run {name} failed (exit {code}); see {runs / f'{name}.log'}")
+    record_path.write_text(json.dumps(record) + "\n")
+    return record
+
+
+def final_metrics(run: Path) -> dict[str, dict[str, float]]:
+    """Per domain, the fused image/pixel AUROC of the run's last evaluation."""
+    reports = sorted((run / "eval").glob("step_*.json"))
+    if not reports:
+        raise SystemExit(f"error: {run} has no evaluation (eval/step_*.json)")
+    domains = json.loads(reports[-1].read_text())["domains"]
+    return {
+        name: {key: report["metrics"]["fused"][key] for key in ("image_auroc", "pixel_auroc")}
+        for name, report in domains.items()
+    }
+
+
+def left_out_row(runs: Path, left_out: str, joint: dict, walls: dict[str, float]) -> dict[str, Any]:
+    new = f"synthetic/{left_out}"
+    parent = final_metrics(runs / f"minus_{left_out}")
+    adapted = final_metrics(runs / f"adapt_{left_out}")
+    lineage = json.loads((runs / f"adapt_{left_out}" / "config.json").read_text())["lineage"]
+    change = {
+        name: {key: 100 * (adapted[name][key] - parent[name][key]) for key in ("image_auroc", "pixel_auroc")}
+        for name in parent
+    }
+    return {
+        "new_domain": new,
+        "new_domain_auroc": {"adapted": adapted[new], "joint": joint[new]},
+        "old_domain_change_points": change,
+        "old_domain_mean_change_points": {
+            key: statistics.fmean(entry[key] for entry in change.values())
+            for key in ("image_auroc", "pixel_auroc")
+        },
+        "tuned": lineage["tuned"],
+        "replay": lineage["replay"],
+        "wall_s": {
+            "adapt": walls[f"adapt_{left_out}"],
+            "parent_training": walls[f"minus_{left_out}"],
+            "joint_retraining": walls["joint"],
+        },
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        (
+            "| left-out domain | I-AUROC adapted / joint | P-AUROC adapted / joint "
+            "| old domains Δ I / P-AUROC (points, mean) | tuned | wall: adapt / full retrain |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        new, mean = row["new_domain_auroc"], row["old_domain_mean_change_points"]
+        lines.append(
+            f"| {row['new_domain']} | {100 * new['adapted']['image_auroc']:.1f} / {100 * new['joint']['image_auroc']:.1f} "
+            f"| {100 * new['adapted']['pixel_auroc']:.1f} / {100 * new['joint']['pixel_auroc']:.1f} "
+            f"| {mean['image_auroc']:+.1f} / {mean['pixel_auroc']:+.1f} "
+            f"| {100 * row['tuned']['share']:.1f} % ({row['tuned']['parameters']:,}) "
+            f"| {row['wall_s']['adapt'] / 60:.1f} / {row['wall_s']['joint_retraining'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=Path, default=Path("runs/continual"))
+    parser.add_argument("--train-minutes", type=float, default=6.0)
+    parser.add_argument("--adapt-minutes", type=float, default=2.0)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/continual_synthetic.json"))
+    args = parser.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    budget = ["--preset", "lite", "--max-minutes", str(args.train_minutes)]
+    walls = {
+        "joint": run_once(
+            args.runs, "joint", ["train", "--data", "synthetic", "--out", str(args.runs / "joint"), *budget]
+        )["wall_s"]
+    }
+    for left_out in LEFT_OUT:
+        others = "+".join(name for name in DOMAINS if name != left_out)
+        parent = args.runs / f"minus_{left_out}"
+        walls[parent.name] = run_once(
+            args.runs, parent.name, ["train", "--data", f"synthetic@{others}", "--out", str(parent), *budget]
+        )["wall_s"]
+        adapted = f"adapt_{left_out}"
+        adapt_argv = ["adapt", "--checkpoint", str(parent), "--data", f"synthetic@{left_out}"]
+        adapt_argv += ["--out", str(args.runs / adapted), "--max-minutes", str(args.adapt_minutes)]
+        walls[adapted] = run_once(args.runs, adapted, adapt_argv)["wall_s"]
+    joint = final_metrics(args.runs / "joint")
+    rows = [left_out_row(args.runs, left_out, joint, walls) for left_out in LEFT_OUT]
+    report = {
+        "setup": {
+            "data": "synthetic (embedded), lite preset, CPU, one thread",
+            "train_minutes": args.train_minutes,
+            "adapt_minutes": args.adapt_minutes,
+            "metrics": "fused image/pixel AUROC of each run's final evaluation (test split, per-sample routing)",
+        },
+        "rows": rows,
+        "markdown": markdown(rows),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(report["markdown"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
