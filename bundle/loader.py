@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bundle.manifest import FORMAT_VERSION, GRAPH_KINDS, GraphSpec, Manifest
+from bundle.manifest import GRAPH_KINDS, SUPPORTED_FORMAT_VERSIONS, GraphSpec, Manifest
 
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_GRAPH = "signature"
 _HASH_CHUNK = 1 << 20
 
 
@@ -35,7 +36,8 @@ class GraphFiles:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle: the parsed manifest and the resolved files of each graph."""
+    """A verified bundle: the parsed manifest and the resolved files of each graph (the serving graphs by
+    kind, and ``signature`` when the manifest has one)."""
 
     root: Path
     manifest: Manifest
@@ -83,9 +85,10 @@ def read_manifest(root: Path) -> Manifest:
     if not isinstance(raw, dict):
         raise BundleError(f"{manifest_path} must hold a JSON object, got {type(raw).__name__}")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        readable = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
         raise BundleError(
-            f"{manifest_path}: unsupported format_version {version!r} (this code reads {FORMAT_VERSION})"
+            f"{manifest_path}: unsupported format_version {version!r} (this code reads {readable})"
         )
     try:
         return Manifest.model_validate(raw)
@@ -118,9 +121,11 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
     if not root.is_dir():
         raise BundleError(f"bundle path {root} is not a folder")
     manifest = read_manifest(root)
+    specs = {kind: manifest.graph(kind) for kind in GRAPH_KINDS}
+    if manifest.signature is not None:
+        specs[SIGNATURE_GRAPH] = manifest.signature.graph
     graphs: dict[str, GraphFiles] = {}
-    for kind in GRAPH_KINDS:
-        spec = manifest.graph(kind)
+    for kind, spec in specs.items():
         model = _verified(root, spec.file, spec.sha256, verify_hashes=verify_hashes)
         data = tuple(
             _verified(root, item.file, item.sha256, verify_hashes=verify_hashes)

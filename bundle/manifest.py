@@ -11,14 +11,19 @@ import math
 from pathlib import PurePosixPath
 from typing import Annotated, Literal, get_args
 
+import numpy as np
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from bundle.domain_match import BOUND_RULE
 from modalities.errors import ModalityError
 from modalities.kinds import KINDS, ModalitySpec
 
 # 2: both graphs take `domain`; calibrated fusion with per-domain normal statistics; score_range and
 # heatmap_range required.
-FORMAT_VERSION = 2
+# 3: the graphs also output `signature`; per-domain signature statistics and out-of-distribution bounds,
+# the signature graph, calibrated modality subsets. Format 2 bundles still load (no domain inference).
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (2, 3)
 
 GraphKind = Literal["frozen", "dynamic"]
 GRAPH_KINDS: tuple[str, ...] = get_args(GraphKind)
@@ -238,9 +243,10 @@ class HeatmapRanges(_Strict):
     modalities: dict[str, ColourRange]
 
 
-class DomainSpec(_Strict):
-    index: int = Field(ge=0, description="value of the frozen graph's `domain` input")
-    modalities: list[ModalityEntry] = Field(min_length=1, max_length=MAX_MODALITIES)
+class _Calibrated(_Strict):
+    """What a served modality set needs besides its graph: decision threshold, score and colour ranges,
+    fusion statistics and frozen routing, all calibrated on that set's held-out normal images."""
+
     threshold: FiniteFloat = Field(description="image_score above this is anomalous")
     threshold_method: ThresholdMethod
     score_range: ColourRange = Field(
@@ -251,21 +257,9 @@ class DomainSpec(_Strict):
     normal_statistics: NormalStatistics | None = Field(
         default=None, description="present exactly when anomaly_map.fusion is calibrated"
     )
-    loss_weight: float | None = Field(default=None, ge=0)
     routing: RoutingSummary = Field(default_factory=RoutingSummary)
-    graph: GraphKind = Field(
-        default="frozen",
-        description="the graph that serves this domain: 'dynamic' (per-sample routing) where `export verify "
-        "--fallback` measured the frozen routing over its accuracy budget; threshold and heatmap_range are "
-        "those of this graph",
-    )
 
-    @model_validator(mode="after")
-    def _consistent_modalities(self) -> DomainSpec:
-        names = [m.name for m in self.modalities]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"modality names repeated: {', '.join(duplicated)}")
+    def _check_calibration(self, names: list[str]) -> None:
         for field, named in (
             ("heatmap_range", self.heatmap_range),
             ("normal_statistics", self.normal_statistics),
@@ -280,16 +274,156 @@ class DomainSpec(_Strict):
             raise ValueError(
                 f"score_range {list(self.score_range)} must contain the threshold {self.threshold}"
             )
-        return self
 
     def normalized_score(self, image_score: float) -> float:
         """The image score on [0, 1] with the threshold at 0.5 (anomalib's convention; see score_range)."""
         low, high = self.score_range
         return min(max((image_score - low) / (high - low), 0.0), 1.0)
 
+
+class ModalitySignature(_Strict):
+    """Mean and (shrunk) standard deviation of one modality's domain signatures over normal images."""
+
+    mean: list[FiniteFloat] = Field(min_length=1)
+    scale: list[Annotated[FiniteFloat, Field(gt=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_features(self) -> ModalitySignature:
+        if len(self.mean) != len(self.scale):
+            raise ValueError(f"{len(self.mean)} means but {len(self.scale)} scales")
+        return self
+
+
+class DomainSignature(_Strict):
+    """A domain's signature statistics (fitted on `split`) and its out-of-distribution bound (from the
+    distances of the held-out `bound_split` images; rule in the manifest's ``signature.bound_rule``)."""
+
+    split: str = Field(min_length=1)
+    n_images: int = Field(ge=2)
+    bound_split: str = Field(min_length=1)
+    bound_images: int = Field(ge=1)
+    bound: Annotated[FiniteFloat, Field(gt=0)] = Field(
+        description="a sample farther than this from the domain does not belong to it"
+    )
+    modalities: dict[str, ModalitySignature]
+
+    def statistics(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, scale), each [len(names), F], in the order of `names`."""
+        entries = [self.modalities[name] for name in names]
+        return np.array([e.mean for e in entries]), np.array([e.scale for e in entries])
+
+
+class SubsetSpec(_Calibrated):
+    """A calibrated subset of a domain's modalities (a sensor may fail): served with its own frozen routing
+    and fusion statistics (graph index `index`), threshold and ranges, on the frozen graph."""
+
+    index: int = Field(ge=0, description="value of the frozen graph's `domain` input for this subset")
+    modalities: list[str] = Field(min_length=1, description="in the domain's order")
+    signature_bound: Annotated[FiniteFloat, Field(gt=0)] | None = Field(
+        default=None, description="out-of-distribution bound over the subset's modalities"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SubsetSpec:
+        self._check_calibration(self.modalities)
+        return self
+
+
+def subset_key(names: list[str] | tuple[str, ...]) -> str:
+    """The manifest key of a modality subset: its names joined by '+', e.g. 'rgb+infrared'."""
+    return "+".join(names)
+
+
+class DomainSpec(_Calibrated):
+    index: int = Field(ge=0, description="value of the frozen graph's `domain` input")
+    modalities: list[ModalityEntry] = Field(min_length=1, max_length=MAX_MODALITIES)
+    loss_weight: float | None = Field(default=None, ge=0)
+    graph: GraphKind = Field(
+        default="frozen",
+        description="the graph that serves this domain: 'dynamic' (per-sample routing) where `export verify "
+        "--fallback` measured the frozen routing over its accuracy budget; threshold and heatmap_range are "
+        "those of this graph",
+    )
+    signature: DomainSignature | None = Field(
+        default=None, description="present exactly when the manifest has `signature` (format 3 bundles)"
+    )
+    subsets: dict[str, SubsetSpec] = Field(
+        default_factory=dict, description="calibrated modality subsets, keyed by their names joined by '+'"
+    )
+
+    @model_validator(mode="after")
+    def _consistent_modalities(self) -> DomainSpec:
+        names = self.modality_names
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"modality names repeated: {', '.join(duplicated)}")
+        self._check_calibration(names)
+        if self.signature is not None and set(self.signature.modalities) != set(names):
+            listed = ", ".join(sorted(self.signature.modalities))
+            raise ValueError(f"signature.modalities has [{listed}], the modalities are [{', '.join(names)}]")
+        for key, subset in self.subsets.items():
+            in_order = [name for name in names if name in subset.modalities]
+            if key != subset_key(subset.modalities) or in_order != subset.modalities:
+                raise ValueError(
+                    f"subset {key!r} must name its modalities in the domain's order, joined by '+'"
+                )
+            if len(subset.modalities) >= len(names) or set(subset.modalities) - set(names):
+                raise ValueError(f"subset {key!r} must be a proper subset of [{', '.join(names)}]")
+        return self
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.modalities]
+
     @property
     def modality_specs(self) -> list[ModalitySpec]:
         return [m.to_spec() for m in self.modalities]
+
+    def subset_view(self, key: str) -> DomainSpec:
+        """The domain as its subset `key` serves it: the subset's modalities, graph index, threshold, ranges,
+        statistics and signature bound, on the frozen graph."""
+        subset = self.subsets[key]
+        signature = None
+        if self.signature is not None and subset.signature_bound is not None:
+            signature = self.signature.model_copy(
+                update={
+                    "bound": subset.signature_bound,
+                    "modalities": {name: self.signature.modalities[name] for name in subset.modalities},
+                }
+            )
+        return self.model_copy(
+            update={
+                "index": subset.index,
+                "modalities": [m for m in self.modalities if m.name in subset.modalities],
+                "threshold": subset.threshold,
+                "threshold_method": subset.threshold_method,
+                "score_range": subset.score_range,
+                "heatmap_range": subset.heatmap_range,
+                "normal_statistics": subset.normal_statistics,
+                "routing": subset.routing,
+                "graph": "frozen",
+                "signature": signature,
+                "subsets": {},
+            }
+        )
+
+
+class SignatureSpec(_Strict):
+    """How a sample's domain is recognised (bundle.domain_match): the graphs' `signature` output, the small
+    graph that computes it before the domain is known, and the rule of each domain's bound."""
+
+    output: Literal["signature"] = "signature"
+    source: Literal["prior_mean"] = Field(
+        default="prior_mean",
+        description="per modality, the spatial mean of each L2-normalised frozen prior level, concatenated",
+    )
+    features: int = Field(ge=1, description="F, the signature's length per modality")
+    distance: Literal["rms_standardised"] = Field(
+        default="rms_standardised",
+        description="root mean square over modalities and features of (signature - mean) / scale",
+    )
+    bound_rule: str = Field(min_length=1, examples=[BOUND_RULE])
+    graph: GraphSpec = Field(description="the prior alone: images -> signature [batch, modalities, F]")
 
 
 DomainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")]
@@ -298,7 +432,7 @@ DomainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$
 class Manifest(_Strict):
     """``manifest.json`` of a bundle (format version :data:`FORMAT_VERSION`)."""
 
-    format_version: Literal[2] = FORMAT_VERSION
+    format_version: Literal[2, 3] = FORMAT_VERSION
     model_version: str = Field(min_length=1)
     preset: str = Field(min_length=1)
     created_at: AwareDatetime
@@ -309,22 +443,61 @@ class Manifest(_Strict):
     versions: Versions
     graphs: Graphs
     domains: dict[DomainName, DomainSpec] = Field(min_length=1)
+    signature: SignatureSpec | None = Field(
+        default=None, description="domain inference and out-of-distribution rejection (format 3)"
+    )
 
     @model_validator(mode="after")
     def _unique_indices(self) -> Manifest:
         seen: dict[int, str] = {}
-        for name, domain in self.domains.items():
-            if domain.index in seen:
-                raise ValueError(f"domains {seen[domain.index]!r} and {name!r} share index {domain.index}")
-            seen[domain.index] = name
-        calibrated = self.anomaly_map.fusion in CALIBRATED_FUSIONS
-        for name, domain in self.domains.items():
-            if (domain.normal_statistics is not None) != calibrated:
+        for name, calibrated_set in self.served_sets():
+            if calibrated_set.index in seen:
                 raise ValueError(
-                    f"domain {name!r}: normal_statistics must be present exactly when the fusion is calibrated "
+                    f"{seen[calibrated_set.index]!r} and {name!r} share index {calibrated_set.index}"
+                )
+            seen[calibrated_set.index] = name
+        calibrated = self.anomaly_map.fusion in CALIBRATED_FUSIONS
+        for name, calibrated_set in self.served_sets():
+            if (calibrated_set.normal_statistics is not None) != calibrated:
+                raise ValueError(
+                    f"{name!r}: normal_statistics must be present exactly when the fusion is calibrated "
                     f"(fusion {self.anomaly_map.fusion!r})"
                 )
+        self._check_signatures()
         return self
+
+    def _check_signatures(self) -> None:
+        if self.format_version < 3 and (self.signature is not None or self.subsets_present):
+            raise ValueError("signature and subsets need format_version 3")
+        has_signature = self.signature is not None
+        for name, domain in self.domains.items():
+            if (domain.signature is not None) != has_signature:
+                raise ValueError(
+                    f"domain {name!r}: signature must be present exactly when the manifest has one"
+                )
+            for key, subset in domain.subsets.items():
+                if (subset.signature_bound is not None) != has_signature:
+                    raise ValueError(
+                        f"{name}:{key}: signature_bound must be present exactly when the manifest has a signature"
+                    )
+            if domain.signature is not None and self.signature is not None:
+                lengths = {len(m.mean) for m in domain.signature.modalities.values()}
+                if lengths != {self.signature.features}:
+                    raise ValueError(
+                        f"domain {name!r}: signature lengths {sorted(lengths)}, expected {self.signature.features}"
+                    )
+
+    @property
+    def subsets_present(self) -> bool:
+        return any(domain.subsets for domain in self.domains.values())
+
+    def served_sets(self) -> list[tuple[str, _Calibrated]]:
+        """Every calibrated modality set: each domain, then each subset as 'domain:subset'."""
+        return [(name, domain) for name, domain in self.domains.items()] + [
+            (f"{name}:{key}", subset)
+            for name, domain in self.domains.items()
+            for key, subset in domain.subsets.items()
+        ]
 
     def graph(self, kind: str) -> GraphSpec:
         if kind not in GRAPH_KINDS:
@@ -342,7 +515,9 @@ __all__ = [
     "FORMAT_VERSION",
     "GRAPH_KINDS",
     "MAX_MODALITIES",
+    "SUPPORTED_FORMAT_VERSIONS",
     "AnomalyMap",
+    "DomainSignature",
     "DomainSpec",
     "ExternalData",
     "GraphSpec",
@@ -352,12 +527,16 @@ __all__ = [
     "LevelStatistics",
     "Manifest",
     "ModalityEntry",
+    "ModalitySignature",
     "NormalStatistics",
     "Normalization",
     "RoutingLeaders",
     "RoutingSummary",
+    "SignatureSpec",
+    "SubsetSpec",
     "TensorSpec",
     "ThresholdMethod",
     "Versions",
     "manifest_json_schema",
+    "subset_key",
 ]

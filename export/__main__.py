@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument(
         "--model-version", default=None, help="manifest model_version (default: the checkpoint folder name)"
     )
+    bundle.add_argument(
+        "--subsets",
+        nargs="+",
+        default=[],
+        metavar="DOMAIN:MODALITY+MODALITY",
+        help="modality subsets to calibrate so a request missing a sensor can be served, e.g. "
+        "mulsen_derived/capsule:rgb+infrared (each costs one domain's calibration)",
+    )
 
     verify = commands.add_parser(
         "verify",
@@ -150,7 +158,7 @@ def _domains(args: argparse.Namespace, run_config: dict) -> list:
 
 def run(args: argparse.Namespace) -> dict | None:
     from export.bench import bench
-    from export.build import BundleOptions, build_bundle
+    from export.build import BundleOptions, build_bundle, parse_subset
     from export.fallback import apply_fallback
     from export.verify import verify
     from model.calibration import RecordedHoldout
@@ -174,6 +182,7 @@ def run(args: argparse.Namespace) -> dict | None:
         fp16=args.fp16,
         routing=args.routing,
         model_version=args.model_version or args.checkpoint.resolve().name,
+        subsets=tuple(parse_subset(text) for text in args.subsets),
     )
     build_bundle(model, domains, args.out, options)
     return None

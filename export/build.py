@@ -1,12 +1,17 @@
-"""Checkpoint -> bundle: calibrate routing, fold kernels, export both graphs, set thresholds, write the manifest.
+"""Checkpoint -> bundle: calibrate routing, fold kernels, export the graphs, set thresholds, write the manifest.
 
-for each domain: normal training refs --RecordedHoldout.split--> (calibration refs, held-out refs)
+Calibrated sets are the domains, then the opt-in modality subsets (`--subsets`), each with its own index
+into the banks: a subset is calibrated exactly like a domain whose modalities are the subset's.
+
+for each calibrated set: normal training refs --RecordedHoldout.split--> (calibration refs, held-out refs)
                  calibration refs --per-sample gates--> frozen routing (export.calibration)
                  held-out refs --per-sample torch model--> normal statistics (model.calibration)
 frozen routing --fold--> kernel banks [D, S_max, E, E, k, k] --\
 normal statistics [D, S_max, L] (calibrated fusions) ------------+--> model.onnx (+ data)  (export.frozen)
 per-sample routing + the same statistics ----------------------------> model_dynamic.onnx (+ data)
 held-out normals --model.onnx scores, maps--> threshold, score range, heatmap colour ranges (export.threshold)
+for each domain: signatures of the calibration refs --> signature statistics; of the held-out refs --> OOD
+                 bounds of the domain and its subsets (export.signature); the prior --> model_signature.onnx
 manifest.json (validated by bundle.manifest) + calibration.json
 """
 
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,14 +31,16 @@ import onnxscript
 import torch
 from tqdm import tqdm
 
+from bundle.domain_match import BOUND_RULE
 from bundle.loader import write_manifest
-from bundle.manifest import DomainSpec, Manifest
+from bundle.manifest import DomainSpec, Manifest, subset_key
 from export.calibration import DEFAULT_ROUTING_MODE, Calibration, calibrate
 from export.fold import kernel_banks
 from export.frozen import DynamicUniMMAD, FrozenUniMMAD
 from export.onnx_graph import OPSET, check_graph, export_graph, graph_spec
 from export.precision import convert_to_fp16
 from export.samples import DomainData, batches
+from export.signature import SIGNATURE_FILE, SignatureNet, signature_entry, signatures_of, subset_bound
 from export.threshold import NormalOutputs, Threshold, choose_threshold, heatmap_ranges
 from model.anomaly_map import NormalStatistics
 from model.calibration import (
@@ -64,6 +71,34 @@ class BundleOptions:
     fp16: bool = False
     model_version: str = "unimmad"
     routing: str = DEFAULT_ROUTING_MODE  # export.calibration.ROUTING_MODES
+    # Modality subsets to calibrate, (domain, modality names); each costs a domain's calibration.
+    subsets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def parse_subset(text: str) -> tuple[str, tuple[str, ...]]:
+    """'mulsen_derived/button_cell:rgb+infrared' -> (domain, modality names); ValueError on anything else."""
+    domain, separator, names = text.rpartition(":")
+    modalities = tuple(names.split("+"))
+    if not separator or not domain or not all(modalities):
+        raise ValueError(f"subset {text!r} must look like DOMAIN:MODALITY+MODALITY, e.g. mvtec3d/x:rgb")
+    return domain, modalities
+
+
+def subset_data(domains: Sequence[DomainData], domain: str, names: Sequence[str]) -> DomainData:
+    """`domain` restricted to the modalities `names` (kept in the domain's order); ValueError names the fault."""
+    by_name = {data.name: data for data in domains}
+    if domain not in by_name:
+        raise ValueError(f"subset of unknown domain {domain!r}; the bundle has {', '.join(by_name)}")
+    data = by_name[domain]
+    available = data.domain.modality_names
+    unknown = sorted(set(names) - set(available))
+    if unknown or len(set(names)) != len(names) or len(set(names)) >= len(available):
+        raise ValueError(
+            f"subset {'+'.join(names)} of {domain} must name fewer than all of its modalities "
+            f"({', '.join(available)}) without repeats"
+        )
+    kept = tuple(spec for spec in data.domain.modalities if spec.name in names)
+    return replace(data, domain=replace(data.domain, modalities=kept))
 
 
 def split_normals(data: DomainData, options: BundleOptions) -> tuple[list, list]:
@@ -164,12 +199,14 @@ def domain_threshold(
 def build_bundle(
     model: UniMMAD, domains: Sequence[DomainData], out: Path, options: BundleOptions
 ) -> Manifest:
-    """Write a complete bundle for `domains` (domain index = position) into `out`; returns its manifest."""
+    """Write a complete bundle for `domains` (domain index = position, then options.subsets) into `out`;
+    returns its manifest."""
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
+    units = [*domains, *(subset_data(domains, name, names) for name, names in options.subsets)]
     calibrations: list[Calibration] = []
-    for data in tqdm(domains, desc="calibrating routing", unit="domain"):
+    for data in tqdm(units, desc="calibrating routing", unit="set"):
         train, _ = split_normals(data, options)
         if not train:
             raise ValueError(f"domain {data.name} has no normal training samples to calibrate its routing")
@@ -185,8 +222,8 @@ def build_bundle(
 
     statistics = None
     if config.anomaly_fusion in CALIBRATED_FUSIONS:
-        statistics = [domain_statistics(model, data, options) for data in domains]
-        for data, fitted in zip(domains, statistics):
+        statistics = [domain_statistics(model, data, options) for data in units]
+        for data, fitted in zip(units, statistics):
             logger.info(
                 "domain %s: normal statistics from %d images (%s)", data.name, fitted.n_images, fitted.split
             )
@@ -202,66 +239,136 @@ def build_bundle(
     export_graph(FrozenUniMMAD(model, banks, bank), example, out / FROZEN_FILE)
     logger.info("exporting the dynamic graph")
     export_graph(DynamicUniMMAD(model, bank), example, out / DYNAMIC_FILE)
+    logger.info("exporting the signature graph")
+    export_graph(SignatureNet(model), example[:1], out / SIGNATURE_FILE)
     if options.fp16:
-        for name in (FROZEN_FILE, DYNAMIC_FILE):
+        for name in (FROZEN_FILE, DYNAMIC_FILE, SIGNATURE_FILE):
             convert_to_fp16(out / name)
     session = check_graph(out / FROZEN_FILE)
     check_graph(out / DYNAMIC_FILE)
+    check_graph(out / SIGNATURE_FILE)
 
     thresholds: list[Threshold] = []
     ranges: list[dict] = []
-    for index, data in enumerate(tqdm(domains, desc="thresholds", unit="domain")):
+    for index, data in enumerate(tqdm(units, desc="thresholds", unit="set")):
         threshold, colour_range = domain_threshold(session, data, index, model, options)
         thresholds.append(threshold)
         ranges.append(colour_range)
-    manifest = make_manifest(model, domains, calibrations, thresholds, ranges, statistics, out, options)
+    signatures = domain_signatures(model, domains, options)
+    manifest = make_manifest(
+        model, units, calibrations, thresholds, ranges, statistics, signatures, out, options
+    )
     write_manifest(out, manifest)
+    names = [data.name for data in domains]
+    names += [f"{name}:{subset_key(subset)}" for name, subset in options.subsets]
     calibration_report = {
-        data.name: calibration.summary(config.kernel_sizes)
-        for data, calibration in zip(domains, calibrations)
+        name: calibration.summary(config.kernel_sizes) for name, calibration in zip(names, calibrations)
     }
     (out / CALIBRATION_FILE).write_text(json.dumps(calibration_report, indent=2), encoding="utf-8")
     logger.info("bundle written to %s", out)
     return manifest
 
 
+@dataclass(frozen=True)
+class SignatureFit:
+    """A domain's manifest ``signature`` entry and its held-out signatures [N, M, F] (for subset bounds)."""
+
+    entry: dict
+    held_out: np.ndarray
+
+
+def domain_signatures(
+    model: UniMMAD, domains: Sequence[DomainData], options: BundleOptions
+) -> list[SignatureFit]:
+    """Per domain: signature statistics from the normals routing was calibrated on, and the OOD bound from
+    threshold_normals (the held-out normals; the training normals, as the split name says, when too few)."""
+    net = SignatureNet(model).eval()
+    fits = []
+    for data in tqdm(domains, desc="signatures", unit="domain"):
+        train, _ = split_normals(data, options)
+        held_out, bound_split = threshold_normals(data, options)
+        fitted_on = signatures_of(net, data, train, model, options.batch_size)
+        held = signatures_of(net, data, held_out, model, options.batch_size)
+        split = f"train minus {options.holdout.describe()}"
+        entry = signature_entry(fitted_on, held, list(data.domain.modality_names), split, bound_split)
+        logger.info(
+            "domain %s: signature bound %.3f from %d held-out images", data.name, entry["bound"], len(held)
+        )
+        fits.append(SignatureFit(entry, held))
+    return fits
+
+
+def calibrated_entry(
+    calibration: Calibration,
+    threshold: Threshold,
+    heatmap_range: dict,
+    statistics: DomainStatistics | None,
+    names: Sequence[str],
+    kernel_sizes: tuple[int, ...],
+) -> dict:
+    """The manifest fields every calibrated set (domain or subset) has."""
+    summary = calibration.summary(kernel_sizes)
+    return {
+        "threshold": threshold.value,
+        "threshold_method": threshold.method_entry(),
+        "score_range": threshold.score_range,
+        "heatmap_range": heatmap_range,
+        "normal_statistics": None if statistics is None else statistics.manifest_entry(names),
+        "routing": {
+            "mode": calibration.mode,
+            "agreement": calibration.agreement,
+            "leaders": [
+                {key: gate[key] for key in ("level", "branch", "slot", "experts", "scores")}
+                for gate in summary["gates"]
+            ],
+        },
+    }
+
+
 def make_manifest(
     model: UniMMAD,
-    domains: Sequence[DomainData],
+    units: Sequence[DomainData],
     calibrations: Sequence[Calibration],
     thresholds: Sequence[Threshold],
     ranges: Sequence[dict],
     statistics: Sequence[DomainStatistics] | None,
+    signatures: Sequence[SignatureFit],
     out: Path,
     options: BundleOptions,
 ) -> Manifest:
-    """The manifest, validated through bundle.manifest (so the service reads exactly what is written)."""
+    """The manifest, validated through bundle.manifest (so the service reads exactly what is written).
+
+    units: the domains, then options.subsets in order (index = position)."""
     config = model.config
     domain_entries = {}
-    for index, (data, calibration, threshold, heatmap_range) in enumerate(
-        zip(domains, calibrations, thresholds, ranges)
-    ):
-        summary = calibration.summary(config.kernel_sizes)
-        domain_entries[data.name] = {
+    for index, data in enumerate(units):
+        names = data.domain.modality_names
+        entry = calibrated_entry(
+            calibrations[index],
+            thresholds[index],
+            ranges[index],
+            None if statistics is None else statistics[index],
+            names,
+            config.kernel_sizes,
+        )
+        if index < len(signatures):
+            domain_entries[data.name] = entry | {
+                "index": index,
+                "modalities": [spec.to_dict() for spec in data.domain.modalities],
+                "loss_weight": data.domain.loss_weight,
+                "signature": signatures[index].entry,
+                "subsets": {},
+            }
+            continue
+        parent = domain_entries[data.name]
+        full_names = [m["name"] for m in parent["modalities"]]
+        held_out = signatures[parent["index"]].held_out
+        parent["subsets"][subset_key(names)] = entry | {
             "index": index,
-            "modalities": [spec.to_dict() for spec in data.domain.modalities],
-            "threshold": threshold.value,
-            "threshold_method": threshold.method_entry(),
-            "score_range": threshold.score_range,
-            "heatmap_range": heatmap_range,
-            "normal_statistics": None
-            if statistics is None
-            else statistics[index].manifest_entry(data.domain.modality_names),
-            "loss_weight": data.domain.loss_weight,
-            "routing": {
-                "mode": calibration.mode,
-                "agreement": calibration.agreement,
-                "leaders": [
-                    {key: gate[key] for key in ("level", "branch", "slot", "experts", "scores")}
-                    for gate in summary["gates"]
-                ],
-            },
+            "modalities": list(names),
+            "signature_bound": subset_bound(parent["signature"], held_out, full_names, list(names)),
         }
+    signature_graph = graph_spec(out / SIGNATURE_FILE, out)
     return Manifest.model_validate(
         {
             "model_version": options.model_version,
@@ -290,5 +397,10 @@ def make_manifest(
                 "dynamic": graph_spec(out / DYNAMIC_FILE, out),
             },
             "domains": domain_entries,
+            "signature": {
+                "features": signature_graph["outputs"]["signature"]["shape"][-1],
+                "bound_rule": BOUND_RULE,
+                "graph": signature_graph,
+            },
         }
     )

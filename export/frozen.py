@@ -7,6 +7,7 @@
       -> anomaly maps (fusion, blur, top fraction)               (model.anomaly_map, unchanged)
          with normal statistics[domain] when the fusion is calibrated
       -> anomaly_map [B,S,S], modality_maps [B,M,S,S], image_score [B], modality_scores [B,M]
+      and signature [B,M,F] from the prior alone (export.signature: the same whatever `domain` says)
 
 The banks are buffers [D, max_modalities, E, E, k, k] (see export.fold); `domain` gathers one domain's
 kernels at run time, so the graph never duplicates the trunk per domain. The dynamic graph (per-sample
@@ -19,13 +20,17 @@ import torch
 from torch import Tensor, nn
 
 from export.routing import slot_major_pairs
+from export.signature import SIGNATURE_OUTPUT, pooled_signature
 from export.slot_conv import DEFAULT_SLOT_CONV, slot_conv
 from model.anomaly_map import NormalStatistics, anomaly_maps
 from model.cmoe import CMoE
 from model.stem import shared_input
 from model.unimmad import UniMMAD, UniMMADOutput
 
+# The maps and scores (what verify and bench compare), then the domain signature.
 OUTPUT_NAMES = ("anomaly_map", "modality_maps", "image_score", "modality_scores")
+GRAPH_OUTPUT_NAMES = (*OUTPUT_NAMES, SIGNATURE_OUTPUT)
+GraphOutputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 class FrozenCMoE(nn.Module):
@@ -71,7 +76,8 @@ class DomainStatistics(nn.Module):
 
 
 class FrozenUniMMAD(nn.Module):
-    """forward(images [B,M,3,S,S], domain int64 [1]) -> (anomaly_map, modality_maps, image_score, modality_scores).
+    """forward(images [B,M,3,S,S], domain int64 [1]) -> (anomaly_map, modality_maps, image_score,
+    modality_scores, signature).
 
     statistics: [D, M_max, L] per domain (export.build), None for uncalibrated fusions."""
 
@@ -106,9 +112,11 @@ class FrozenUniMMAD(nn.Module):
         present = torch.ones(batch, slots, dtype=torch.bool, device=images.device)
         return UniMMADOutput(priors, predictions, pair_sample, pair_slot, present, [], images.new_zeros(()))
 
-    def forward(self, images: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        maps = anomaly_maps(self.network_output(images, domain), self.config, self.statistics(domain))
-        return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores
+    def forward(self, images: Tensor, domain: Tensor) -> GraphOutputs:
+        output = self.network_output(images, domain)
+        maps = anomaly_maps(output, self.config, self.statistics(domain))
+        signature = pooled_signature(output.priors, *images.shape[:2])
+        return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores, signature
 
 
 class DynamicUniMMAD(nn.Module):
@@ -119,7 +127,8 @@ class DynamicUniMMAD(nn.Module):
         self.model = model
         self.statistics = DomainStatistics(statistics)
 
-    def forward(self, images: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor, domain: Tensor) -> GraphOutputs:
         output = self.model(images, kernel_mode="bank")
         maps = anomaly_maps(output, self.model.config, self.statistics(domain))
-        return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores
+        signature = pooled_signature(list(output.priors), *images.shape[:2])
+        return maps.fused, maps.per_modality, maps.image_score, maps.modality_scores, signature

@@ -1,7 +1,7 @@
 """torch -> ONNX with the dynamo exporter, then prove the file is usable: onnx.checker and an ORT session.
 
-Both graphs take images float32 [batch, modalities, 3, S, S] with symbolic `batch` and `modalities`,
-and domain int64 [1]. torch 2.13's exporter keeps the weights in an external
+Both serving graphs take images float32 [batch, modalities, 3, S, S] with symbolic `batch` and
+`modalities`, and domain int64 [1]; the signature graph takes the images alone. torch 2.13's exporter keeps the weights in an external
 data file beside the .onnx (`<file>.data`); the bundle ships it and records its sha256.
 """
 
@@ -17,7 +17,8 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from torch import nn
 
 from bundle import file_sha256
-from export.frozen import OUTPUT_NAMES
+from export.frozen import GRAPH_OUTPUT_NAMES
+from export.signature import SIGNATURE_OUTPUT
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +36,23 @@ class ExportError(RuntimeError):
     """The exported graph failed a check; the message is one line."""
 
 
-def export_graph(module: nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
-    """Export `module` (eval mode; forward(images, domain)) to `path` (+ external data), opset OPSET,
-    dynamic batch and modalities."""
+def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Export `module` (eval mode) to `path` (+ external data), opset OPSET, dynamic batch and modalities.
+
+    example (images, domain): a serving graph, forward(images, domain) -> GRAPH_OUTPUT_NAMES;
+    example (images,): the signature graph, forward(images) -> signature.
+    """
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     modalities = torch.export.Dim("modalities", min=1, max=4)
-    dynamic = {"images": {0: batch, 1: modalities}, "domain": None}
+    serving = len(example) == len(INPUT_NAMES)
+    dynamic = {"images": {0: batch, 1: modalities}} | ({"domain": None} if serving else {})
     program = torch.onnx.export(
         module.eval(),
         example,
         dynamo=True,
         opset_version=OPSET,
-        input_names=list(INPUT_NAMES),
-        output_names=list(OUTPUT_NAMES),
+        input_names=list(INPUT_NAMES[: len(example)]),
+        output_names=list(GRAPH_OUTPUT_NAMES if serving else (SIGNATURE_OUTPUT,)),
         dynamic_shapes=dynamic,
         verbose=False,
     )

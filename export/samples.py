@@ -61,7 +61,14 @@ def batches(
         samples = [data.source.load(ref) for ref in refs[start : start + batch_size]]
         images = np.stack(
             [
-                stack_sample(s.modalities, data.domain.modalities, size, mean=config.mean, std=config.std)
+                # Only the domain's modalities: a modality subset (export.build) names fewer than a sample has.
+                stack_sample(
+                    {name: s.modalities[name] for name in data.domain.modality_names},
+                    data.domain.modalities,
+                    size,
+                    mean=config.mean,
+                    std=config.std,
+                )
                 for s in samples
             ]
         )

@@ -51,7 +51,7 @@ def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics
     )
     batcher = Batcher(
         engine,
-        {name: spec.index for name, spec in manifest.domains.items()},
+        {key: served.spec.index for key, served in engine.sets.items()},
         metrics,
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_batch_wait_ms / 1e3,

@@ -34,6 +34,7 @@ class SampleResult:
     modality_maps: np.ndarray  # [M, S, S]
     image_score: float
     modality_scores: np.ndarray  # [M]
+    signature: np.ndarray | None  # [M, F]; None from a graph without the output
     queue_s: float
     infer_s: float
     batch_size: int
@@ -214,6 +215,7 @@ class Batcher:
                     modality_maps=outputs.modality_maps[i],
                     image_score=float(outputs.image_score[i]),
                     modality_scores=outputs.modality_scores[i],
+                    signature=None if outputs.signature is None else outputs.signature[i],
                     queue_s=started - item.enqueued_at,
                     infer_s=infer_s,
                     batch_size=len(live),

@@ -48,4 +48,28 @@ class Metrics:
         self.anomalies = Counter(
             "unimmad_anomalies", "detections judged anomalous", ("domain",), registry=self.registry
         )
+        self.domains_inferred = Counter(
+            "unimmad_domain_inferred",
+            "requests without a domain, by the domain inferred",
+            ("domain",),
+            registry=self.registry,
+        )
+        self.out_of_distribution = Counter(
+            "unimmad_out_of_distribution",
+            "samples that fit no domain, by route and what was done (rejected with 422, or scored and flagged)",
+            ("route", "action"),
+            registry=self.registry,
+        )
+        self.degraded = Counter(
+            "unimmad_degraded_answers",
+            "answers scored with a calibrated subset of the domain's modalities",
+            ("domain",),
+            registry=self.registry,
+        )
+        self.domain_warnings = Counter(
+            "unimmad_domain_mismatch_warnings",
+            "answers whose given domain fits the sample much worse than another domain",
+            ("domain",),
+            registry=self.registry,
+        )
         self.model_info = Info("unimmad_model", "served bundle and provider", registry=self.registry)

@@ -16,7 +16,8 @@ from service.postprocessing import overlay_base
 
 HEATMAP_MODES = ("none", "png", "overlay")
 HEATMAP_SIZES = ("input", "model")
-CONTROL_FIELDS = ("domain", "heatmap", "heatmap_size")
+CONTROL_FIELDS = ("domain", "heatmap", "heatmap_size", "allow_missing")
+BOOLEAN_VALUES = {"true": True, "false": False}
 
 
 def _single_text(form: FormData, name: str, default: str | None = None) -> str:
@@ -32,19 +33,38 @@ def _single_text(form: FormData, name: str, default: str | None = None) -> str:
     return values[0]
 
 
-def parse_controls(form: FormData, manifest: Manifest) -> tuple[str, DomainSpec, str]:
-    """The ``domain`` and ``heatmap`` fields, validated against the manifest before any work is queued."""
-    domain = _single_text(form, "domain")
-    if domain not in manifest.domains:
+def parse_controls(form: FormData, manifest: Manifest) -> tuple[str | None, str]:
+    """The optional ``domain`` (None: the service infers it) and the ``heatmap`` field, validated against the
+    manifest before any work is queued."""
+    domain = _single_text(form, "domain") if "domain" in form else None
+    if domain is not None and domain not in manifest.domains:
         known = ", ".join(sorted(manifest.domains))
         raise ServiceError(422, "unknown_domain", f"unknown domain {domain!r}; this bundle serves: {known}")
     heatmap = _single_text(form, "heatmap", default="png")
     if heatmap not in HEATMAP_MODES:
         raise ServiceError(422, "invalid_heatmap", f"heatmap must be one of {', '.join(HEATMAP_MODES)}")
-    spec = manifest.domains[domain]
+    return domain, heatmap
+
+
+def check_overlay(spec: DomainSpec, heatmap: str) -> None:
+    """Refuse ``heatmap=overlay`` for a modality set without an rgb or gray picture to blend onto."""
     if heatmap == "overlay" and overlay_base(spec) is None:
-        raise ServiceError(422, "overlay_unavailable", "overlay needs an rgb or gray modality; use heatmap=png")
-    return domain, spec, heatmap
+        raise ServiceError(
+            422, "overlay_unavailable", "overlay needs an rgb or gray modality; use heatmap=png"
+        )
+
+
+def parse_allow_missing(form: FormData, default: bool) -> bool:
+    """The ``allow_missing`` field (true | false): may a calibrated subset of the modalities be scored."""
+    value = _single_text(form, "allow_missing", default=str(default).lower())
+    if value not in BOOLEAN_VALUES:
+        raise ServiceError(422, "invalid_allow_missing", "allow_missing must be true or false")
+    return BOOLEAN_VALUES[value]
+
+
+def uploaded_names(form: FormData) -> frozenset[str]:
+    """The form's modality field names (everything that is not a control field)."""
+    return frozenset(form.keys()) - set(CONTROL_FIELDS)
 
 
 def parse_heatmap_size(form: FormData) -> str:

@@ -48,10 +48,13 @@ class Runtime:
 
     def warmup_shapes(self) -> list[tuple[int, int, int]]:
         """``(domain index, batch size, modality count)`` covering every input shape the batcher can send
-        to every graph in use (one domain stands for all domains of its modality count and graph)."""
+        to every graph in use (one served set, a domain or a calibrated subset, stands for all sets of its
+        modality count and graph)."""
         representative: dict[tuple[int, str], int] = {}
-        for name, spec in self.bundle.manifest.domains.items():
-            representative.setdefault((len(spec.modalities), self.engine.graph_of[name]), spec.index)
+        for key, served in self.engine.sets.items():
+            representative.setdefault(
+                (len(served.spec.modalities), self.engine.graph_of[key]), served.spec.index
+            )
         return [
             (index, batch, count)
             for (count, _), index in sorted(representative.items())

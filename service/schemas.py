@@ -35,6 +35,29 @@ class Heatmaps(BaseModel):
     width: int = Field(description="pixel columns of every PNG", examples=[800])
 
 
+class DomainMatchInfo(BaseModel):
+    """How well the sample's domain signature fits the domain it was scored as (README: Domain inference)."""
+
+    distance: float = Field(
+        ge=0,
+        description="distance to the domain's normal signatures in units of its out-of-distribution bound: "
+        "at most 1 is in distribution",
+        examples=[0.42],
+    )
+    nearest_other: str | None = Field(
+        description="the best-fitting other domain with the same modalities (null when there is none)",
+        examples=["mvtec3d/tire"],
+    )
+    nearest_other_distance: float | None = Field(examples=[3.1])
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="1 - distance / nearest_other_distance: 0 for a tie, near 1 when the domain is unambiguous; "
+        "1 when no other domain takes these modalities",
+        examples=[0.86],
+    )
+
+
 class Timings(BaseModel):
     """Milliseconds per stage; ``infer_ms`` is the run of the whole batch the request was part of."""
 
@@ -43,6 +66,9 @@ class Timings(BaseModel):
     queue_ms: float
     infer_ms: float
     postprocess_ms: float
+    domain_match_ms: float = Field(
+        default=0.0, description="the signature pass that infers the domain (0 when the request names it)"
+    )
     total_ms: float
     batch_size: int = Field(description="samples in the ORT run that served this request")
 
@@ -53,6 +79,17 @@ class DetectResponse(BaseModel):
             "examples": [
                 {
                     "domain": "mvtec3d/tire",
+                    "domain_inferred": True,
+                    "domain_match": {
+                        "distance": 0.42,
+                        "nearest_other": "synthetic/tiles",
+                        "nearest_other_distance": 3.1,
+                        "confidence": 0.86,
+                    },
+                    "out_of_distribution": False,
+                    "warnings": [],
+                    "modalities_used": ["rgb", "depth"],
+                    "degraded": False,
                     "image_score": 1.37,
                     "normalized_score": 0.86,
                     "threshold": 0.92,
@@ -71,6 +108,7 @@ class DetectResponse(BaseModel):
                         "queue_ms": 1.9,
                         "infer_ms": 41.0,
                         "postprocess_ms": 4.2,
+                        "domain_match_ms": 6.5,
                         "total_ms": 53.0,
                         "batch_size": 2,
                     },
@@ -80,6 +118,21 @@ class DetectResponse(BaseModel):
     )
 
     domain: str
+    domain_inferred: bool = Field(description="the request sent no domain; the service chose it")
+    domain_match: DomainMatchInfo | None = Field(
+        description="how well the sample fits `domain` (null for a bundle without domain statistics)"
+    )
+    out_of_distribution: bool = Field(
+        description="the sample fits no domain; only true when the service is set to score such samples "
+        "(UNIMMAD_OOD_ACTION=flag), otherwise they get 422 out_of_distribution"
+    )
+    warnings: list[str] = Field(
+        description="e.g. the given domain fits the sample much worse than another domain does"
+    )
+    modalities_used: list[str] = Field(description="the modalities scored, in the domain's order")
+    degraded: bool = Field(
+        description="scored with a calibrated subset of the domain's modalities (a missing sensor)"
+    )
     image_score: float = Field(description="top-fraction mean of the fused anomaly map")
     normalized_score: float = Field(
         ge=0,
@@ -103,6 +156,12 @@ class DomainInfo(BaseModel):
     threshold_method: ThresholdMethod
     image_score_reduction: str = Field(examples=["top_fraction_mean"])
     routing: RoutingSummary
+    subsets: list[str] = Field(
+        description="calibrated modality subsets ('rgb+infrared'), served when a request allows missing modalities"
+    )
+    inferable: bool = Field(
+        description="the bundle holds this domain's signature statistics: requests may leave `domain` out"
+    )
     graph: Literal["frozen", "dynamic"] = Field(
         description="the graph serving this domain: frozen routing, or per-sample routing where the frozen "
         "routing missed its accuracy budget (or the service was told to)"

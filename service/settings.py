@@ -85,6 +85,22 @@ class Settings(BaseSettings):
     public_docs: bool = Field(
         default=False, description="serve /docs and /openapi.json without the API key (they list the domains)"
     )
+    ood_action: Literal["reject", "flag"] = Field(
+        default="reject",
+        description="a sample that fits no domain (its signature beyond every candidate's bound): `reject` "
+        "answers 422 out_of_distribution, `flag` scores it and sets out_of_distribution in the answer",
+    )
+    allow_missing_modalities: bool = Field(
+        default=False,
+        description="score a request that sends a calibrated subset of its domain's modalities (a failed "
+        "sensor) with that subset's calibration; a request's `allow_missing` field overrides it",
+    )
+    domain_mismatch_factor: float = Field(
+        default=2.0,
+        gt=1,
+        description="a request's `domain` gets a warning when another domain with the same modalities fits "
+        "the sample (within its bound) and this many times better",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log threshold"
     )

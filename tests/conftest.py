@@ -100,6 +100,21 @@ def other_mode_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     return out
 
 
+# The subset bundle: two domains sharing rgb + depth, and the boards' rgb + depth calibrated as a subset.
+SUBSET_DOMAINS = ("synthetic/parts", "synthetic/boards")
+SUBSETS = (("synthetic/boards", ("rgb", "depth")),)
+
+
+@pytest.fixture(scope="session")
+def subset_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` exported for parts and boards with the subset boards:rgb+depth (graph index 2)."""
+    model, _ = load_checkpoint(tiny_checkpoint)
+    domains = select_domains([tiny_synthetic_source()], list(SUBSET_DOMAINS))
+    out = tmp_path_factory.mktemp("bundles") / "tiny_subsets"
+    build_bundle(model, domains, out, tiny_bundle_options(subsets=SUBSETS))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_export_model() -> UniMMAD:
     """A random-init model of the same tiny config, in eval mode (for torch-only export tests)."""

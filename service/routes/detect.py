@@ -14,11 +14,20 @@ DETECT_PATH = "/detect"
 # Form field names are the manifest's modality names; app.py fills in the bundle's names and domains.
 DETECT_FORM_SCHEMA = {
     "type": "object",
-    "required": ["domain"],
     "properties": {
-        "domain": {"type": "string", "description": "a domain of the bundle (GET /domains)"},
+        "domain": {
+            "type": "string",
+            "description": "a domain of the bundle (GET /domains); optional: without it the service infers the "
+            "domain among those taking exactly the uploaded modalities (answer: domain_inferred, domain_match)",
+        },
         "heatmap": {"type": "string", "enum": list(HEATMAP_MODES), "default": "png"},
         "heatmap_size": {"type": "string", "enum": list(HEATMAP_SIZES), "default": "input"},
+        "allow_missing": {
+            "type": "string",
+            "enum": ["true", "false"],
+            "description": "score a calibrated subset of the domain's modalities when some are missing "
+            "(default: UNIMMAD_ALLOW_MISSING_MODALITIES)",
+        },
     },
     "additionalProperties": {"type": "string", "format": "binary"},
 }
@@ -30,7 +39,9 @@ _ERRORS = {
         401: "missing or wrong API key",
         413: "an upload or its pixel count is over the limit",
         415: "not multipart/form-data, or a file that is not a supported image or array",
-        422: "unknown domain, missing/extra/duplicated modality, or an undecodable file",
+        422: "unknown domain, missing/extra/duplicated modality, an undecodable file, no domain taking the "
+        "uploaded modalities, domain inference on a bundle without domain statistics, or out_of_distribution "
+        "(the sample fits no domain)",
         503: "overloaded, queue full or not ready yet (see Retry-After)",
         504: "no result within the request timeout",
     }.items()
@@ -47,8 +58,9 @@ _ERRORS = {
     },
 )
 async def detect(request: Request) -> DetectResponse:
-    """Multipart form: `domain`, one file per modality of that domain (named as in the manifest) and
-    optional `heatmap` = none | png | overlay and `heatmap_size` = input (the upload's resolution) | model. Files: PNG (8/16-bit), JPEG, TIFF (incl. MVTec-3D xyz), BMP, `.npy`.
+    """Multipart form: optional `domain` (inferred when absent), one file per modality (named as in the
+    manifest), optional `heatmap` = none | png | overlay, `heatmap_size` = input (the upload's resolution) |
+    model and `allow_missing` = true | false. Files: PNG (8/16-bit), JPEG, TIFF (incl. MVTec-3D xyz), BMP, `.npy`.
     """
     runtime: Runtime = request.app.state.runtime
     content_type = request.headers.get("content-type", "")
@@ -62,5 +74,9 @@ async def detect(request: Request) -> DetectResponse:
             request.state.domain = domain
 
         return await run_detection(
-            runtime, form, on_domain=remember_domain, is_disconnected=request.is_disconnected
+            runtime,
+            form,
+            on_domain=remember_domain,
+            route=DETECT_PATH,
+            is_disconnected=request.is_disconnected,
         )

@@ -21,6 +21,8 @@ async def list_domains(request: Request) -> DomainsResponse:
                 threshold_method=spec.threshold_method,
                 image_score_reduction=manifest.image_score.reduction,
                 routing=spec.routing,
+                subsets=list(spec.subsets),
+                inferable=spec.signature is not None,
                 graph=runtime.engine.graph_of[name],
             )
             for name, spec in sorted(manifest.domains.items(), key=lambda item: item[1].index)

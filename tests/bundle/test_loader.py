@@ -56,11 +56,37 @@ def test_manifest_not_json(bundle_dir: Path) -> None:
     assert "not valid JSON" in _error(bundle_dir)
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 4])
 def test_older_and_newer_format_versions_are_refused(bundle_dir: Path, version: int) -> None:
     """Format 1 bundles lack what the graphs now need (the dynamic graph's `domain`, score ranges)."""
     rewrite_manifest(bundle_dir, lambda m: m.update(format_version=version))
-    assert f"unsupported format_version {version} (this code reads 2)" in _error(bundle_dir)
+    assert f"unsupported format_version {version} (this code reads 2, 3)" in _error(bundle_dir)
+
+
+def as_format_2(manifest: dict) -> None:
+    """A format 3 manifest as format 2 wrote it: no signature graph, statistics or subsets."""
+    manifest.update(format_version=2)
+    del manifest["signature"]
+    for domain in manifest["domains"].values():
+        del domain["signature"], domain["subsets"]
+
+
+def test_format_2_bundles_still_load(bundle_dir: Path) -> None:
+    rewrite_manifest(bundle_dir, as_format_2)
+    loaded = load_bundle(bundle_dir)
+    assert loaded.manifest.signature is None
+    assert sorted(loaded.graphs) == ["dynamic", "frozen"]
+
+
+def test_signature_statistics_need_format_3(bundle_dir: Path) -> None:
+    rewrite_manifest(bundle_dir, lambda m: m.update(format_version=2))
+    assert "signature and subsets need format_version 3" in _error(bundle_dir)
+
+
+def test_the_signature_graph_is_verified_like_the_others(bundle_dir: Path) -> None:
+    signature_file = json.loads((bundle_dir / "manifest.json").read_text())["signature"]["graph"]["file"]
+    (bundle_dir / signature_file).write_bytes(b"not the graph")
+    assert f"sha256 mismatch for {signature_file}" in _error(bundle_dir)
 
 
 @pytest.mark.parametrize(

@@ -54,8 +54,11 @@ def test_unknown_domain(client) -> None:
     assert RGB_DOMAIN in message
 
 
-def test_missing_domain_field(client) -> None:
-    _expect(client.post("/detect", files=uploads(RGB_DOMAIN)), 422, "missing_field")
+def test_no_domain_and_no_domain_taking_the_files(client) -> None:
+    """Without `domain`, some domain must take exactly the uploaded modalities."""
+    files = {"thermal": uploads(RGB_DOMAIN)["rgb"]}
+    message = _expect(client.post("/detect", files=files), 422, "no_matching_domain")
+    assert "thermal" in message
 
 
 def test_missing_modality(client) -> None:
