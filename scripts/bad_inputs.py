@@ -147,7 +147,7 @@ def decompression_bomb(target: Target) -> Files:
 _GOOD_PNG = png()
 CORPUS: list[BadRequest] = [
     BadRequest("unknown domain", 422, post(one_file(_GOOD_PNG), domain="no/such-domain")),
-    BadRequest("missing domain field", 422, post(one_file(_GOOD_PNG), domain=None)),
+    BadRequest("no domain, none takes the field", 422, post(one_file(_GOOD_PNG, "thermal"), domain=None)),
     BadRequest("empty domain", 422, post(one_file(_GOOD_PNG), domain="")),
     BadRequest("missing modality", 422, post_lazy(pair_missing_one, pair=True)),
     BadRequest("extra modality", 422, post(one_file(_GOOD_PNG) + one_file(_GOOD_PNG, "depth"))),

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,9 @@ TRAINED_DATA = "synthetic,shared:magnetic_tile,shared:mvtec3d_tire,shared:mulsen
 HELD_OUT_DATA = "mvtec:{shared}/mvtec_ad,mulsen_derived:{shared}/mulsen_ad_derived@flat_pad"
 GENERATED_SIDE = 256
 RESULTS_HEADING = "## Domain inference, out-of-distribution and missing sensors"
+# The section sits between these markers in --results-md, so other sections survive a rerun.
+START_MARK = "<!-- domain-ood:start (scripts/domain_ood_eval.py) -->"
+END_MARK = "<!-- domain-ood:end -->"
 # (field the image is sent as, what the image really is): one modality's images sent as another.
 SWAPS = (("rgb", "infrared"), ("rgb", "depth"), ("rgb", "flair"), ("gray", "rgb"))
 
@@ -255,6 +260,37 @@ def subset_scoring(matcher: Matcher, data_spec: str) -> dict:
     return report
 
 
+def median_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `run` over `repeats` calls, after one warm-up call."""
+    run()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append(1e3 * (time.perf_counter() - started))
+    return float(np.median(samples))
+
+
+def pass_cost(matcher: Matcher, repeats: int = 20) -> dict:
+    """Median ms of one batch-1 run of the signature graph and of the frozen graph, per modality count
+    of the bundle's domains: what inferring the domain adds to a request (one thread)."""
+    size = matcher.manifest.input_size
+    report = {}
+    for spec in sorted(matcher.manifest.domains.values(), key=lambda s: len(s.modalities)):
+        count = str(len(spec.modalities))
+        if count in report:
+            continue
+        images = np.zeros((1, len(spec.modalities), 3, size, size), np.float32)
+        feeds = {"images": images, "domain": np.array([spec.index], dtype=np.int64)}
+        report[count] = {
+            "signature_ms": median_ms(
+                partial(matcher.signature.run, ["signature"], {"images": images}), repeats
+            ),
+            "frozen_ms": median_ms(partial(matcher.frozen.run, ["image_score"], feeds), repeats),
+        }
+    return report
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
@@ -302,6 +338,14 @@ def markdown(report: dict) -> str:
             f"| {group} | {entry['n']} | {entry['rejected']} | {entry['refused_invalid']} | "
             f"{percent(entry['rate'])} | {nearest or '–'} |"
         )
+    cost = ", ".join(
+        f"{count} modalities {entry['signature_ms']:.1f} ms vs {entry['frozen_ms']:.1f} ms"
+        for count, entry in report["pass_cost_ms"].items()
+    )
+    lines += [
+        "",
+        f"Cost of inferring the domain (signature graph vs frozen graph, batch 1, one thread): {cost}.",
+    ]
     if subsets:
         lines += ["", "Image AUROC % per calibrated subset (frozen graph, test split):", ""]
         for name, entry in subsets.items():
@@ -318,15 +362,15 @@ def markdown(report: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of `path` (from its heading to the next '## ' heading) or append it."""
+    """Put `section` between this script's markers in `path` (appended the first time); the rest stays."""
+    marked = f"{START_MARK}\n{section}{END_MARK}\n"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start = text.find(RESULTS_HEADING)
-    if start < 0:
-        path.write_text(text.rstrip() + "\n\n" + section, encoding="utf-8")
-        return
-    end = text.find("\n## ", start + len(RESULTS_HEADING))
-    rest = "" if end < 0 else text[end:]
-    path.write_text(text[:start] + section + rest, encoding="utf-8")
+    if START_MARK in text and END_MARK in text:
+        before, rest = text.split(START_MARK, 1)
+        marked = before + marked + rest.split(END_MARK, 1)[1].lstrip("\n")
+    elif text:
+        marked = text.rstrip("\n") + "\n\n" + marked
+    path.write_text(marked, encoding="utf-8")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -372,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
             "subsets": subset_scoring(matcher, args.data),
+            "pass_cost_ms": pass_cost(matcher),
         }
     except (BundleError, ValueError, OSError) as error:
         print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from service_helpers import RGB_DEPTH_DOMAIN, RGB_DOMAIN, rewrite_manifest
+from service_helpers import RGB_DEPTH_DOMAIN, RGB_DOMAIN, as_format_2, rewrite_manifest
 
 from bundle import BundleError, load_bundle
 from bundle.__main__ import SCHEMA_PATH, render_schema
@@ -61,14 +61,6 @@ def test_older_and_newer_format_versions_are_refused(bundle_dir: Path, version: 
     """Format 1 bundles lack what the graphs now need (the dynamic graph's `domain`, score ranges)."""
     rewrite_manifest(bundle_dir, lambda m: m.update(format_version=version))
     assert f"unsupported format_version {version} (this code reads 2, 3)" in _error(bundle_dir)
-
-
-def as_format_2(manifest: dict) -> None:
-    """A format 3 manifest as format 2 wrote it: no signature graph, statistics or subsets."""
-    manifest.update(format_version=2)
-    del manifest["signature"]
-    for domain in manifest["domains"].values():
-        del domain["signature"], domain["subsets"]
 
 
 def test_format_2_bundles_still_load(bundle_dir: Path) -> None:

@@ -105,3 +105,11 @@ def rewrite_manifest(root: Path, edit: Callable[[dict], object]) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     edit(data)
     path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def as_format_2(manifest: dict) -> None:
+    """A ``rewrite_manifest`` edit: the manifest as format 2 wrote it (no signature graph, statistics or subsets)."""
+    manifest.update(format_version=2)
+    del manifest["signature"]
+    for domain in manifest["domains"].values():
+        del domain["signature"], domain["subsets"]

@@ -16,6 +16,7 @@ from service_helpers import (
     RGB_DEPTH_DOMAIN,
     RGB_DOMAIN,
     RGB_INFRARED_DEPTH_DOMAIN,
+    as_format_2,
     copy_bundle,
     make_settings,
     npy_bytes,
@@ -135,18 +136,11 @@ def test_out_of_distribution_is_scored_and_flagged_when_set(tight_bundle: Path, 
     )
 
 
-def _as_format_2(manifest: dict) -> None:
-    manifest.update(format_version=2)
-    del manifest["signature"]
-    for domain in manifest["domains"].values():
-        del domain["signature"], domain["subsets"]
-
-
 def test_a_format_2_bundle_serves_named_domains_and_explains_inference(
     tiny_bundle: Path, tmp_path: Path, make_client
 ) -> None:
     bundle = copy_bundle(tiny_bundle, tmp_path / "format2")
-    rewrite_manifest(bundle, _as_format_2)
+    rewrite_manifest(bundle, as_format_2)
     client = make_client(bundle)
     files = training_uploads(RGB_DOMAIN)
     served = client.post("/detect", data={"domain": RGB_DOMAIN, "heatmap": "none"}, files=files)
