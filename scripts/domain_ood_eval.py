@@ -109,16 +109,18 @@ def known_domains(matcher: Matcher, data_spec: str, limit: int | None) -> dict:
                 continue
             for ref in source.refs("test", domain.name)[:limit]:
                 sample = source.load(ref)
-                kind = "defective" if sample.label else "normal"
-                counts[domain.name][kind] += 1
+                # Blank depth (a MulSen rendering artifact no normal sample has) is counted apart too.
+                kinds = ["defective" if sample.label else "normal"]
+                kinds += ["blank_depth"] if sample.meta.get("blank_depth") else []
                 match = matcher.match(dict(sample.modalities))
                 predicted = "(refused)" if match is None else match.scored.served.domain
                 confusion[domain.name][predicted] += 1
-                if match is None or match.scored.ratio > 1:
-                    rejects[domain.name][kind] += 1
+                for kind in kinds:
+                    counts[domain.name][kind] += 1
+                    rejects[domain.name][kind] += match is None or match.scored.ratio > 1
     per_domain = {}
     for name, seen in counts.items():
-        total = sum(seen.values())
+        total = seen["normal"] + seen["defective"]
         per_domain[name] = {
             "samples": total,
             "correct": confusion[name][name],
@@ -129,7 +131,7 @@ def known_domains(matcher: Matcher, data_spec: str, limit: int | None) -> dict:
                     "rejected": rejects[name][kind],
                     "rate": rate(rejects[name][kind], seen[kind]),
                 }
-                for kind in ("normal", "defective")
+                for kind in ("normal", "defective", "blank_depth")
             },
         }
     total = sum(entry["samples"] for entry in per_domain.values())
@@ -325,6 +327,15 @@ def markdown(report: dict) -> str:
             f"{percent(rejects['normal']['rate'])} ({rejects['normal']['rejected']}/{rejects['normal']['n']}) | "
             f"{percent(rejects['defective']['rate'])} ({rejects['defective']['rejected']}/{rejects['defective']['n']}) |"
         )
+    blank = {name: e["false_reject"]["blank_depth"] for name, e in known["per_domain"].items()}
+    blank_notes = [
+        f"{name} {entry['rejected']} of {entry['n']}" for name, entry in blank.items() if entry["n"]
+    ]
+    if blank_notes:
+        lines += [
+            "",
+            "Of those, samples with a blank depth image (a MulSen artifact): " + ", ".join(blank_notes) + ".",
+        ]
     lines += [
         "",
         f"Out-of-distribution inputs: **{percent(ood['rejection_rate'])} %** of {ood['samples']} rejected.",
