@@ -307,8 +307,9 @@ def fit(run: TrainingRun, options: TrainOptions, started: float) -> TrainResult:
     config, dataset, sources, description = run.config, run.dataset, run.sources, run.description
     device = torch.device(options.device)
     model = run.model.to(device)
-    if device.type == "cuda":  # cuDNN's bf16 convolutions run fastest on NHWC
-        model = model.to(memory_format=torch.channels_last)
+    # No channels_last: Module.to(memory_format=...) refuses the C-MoE's 5-D kernel banks, and converting
+    # the 4-D conv weights alone changed the encoder's gradients by ~5 % on CPU (NCHW vs NHWC, same batch;
+    # far beyond rounding), which could not be checked on a GPU here.
     decoded = DecodedCache(dataset, device, options.workers) if options.data_cache else None
     optimizer = torch.optim.Adam(run.parameters, lr=config.lr)
     sampler = DomainBalancedSampler(dataset, seed=options.seed)
