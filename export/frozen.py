@@ -3,7 +3,7 @@
     images [B,M,3,S,S], domain int64 [1]
       -> prior trunk, stem + encoder + FCM                      (the trunk, held once)
       -> per level: conv_share -> per branch: pre -> slot conv with bank[domain] -> post's GN + ReLU
-         -> conv_out_first                                       (router path removed, spec 11.4)
+         -> conv_out_first[domain] (AggregationBank)             (router path removed, spec 11.4)
       -> anomaly maps (fusion, blur, top fraction)               (model.anomaly_map, unchanged)
          with normal statistics[domain] when the fusion is calibrated
       -> anomaly_map [B,S,S], modality_maps [B,M,S,S], image_score [B], modality_scores [B,M]
@@ -42,7 +42,7 @@ class FrozenCMoE(nn.Module):
         self.pre = nn.ModuleList(branch.pre for branch in cmoe.MoEs)
         # post[0] is the 1x1 mixing conv that the fold absorbed; its GroupNorm + ReLU stay.
         self.post_norm = nn.ModuleList(nn.Sequential(*list(branch.post)[1:]) for branch in cmoe.MoEs)
-        self.conv_out_first = cmoe.conv_out_first
+        self.aggregation = AggregationBank(cmoe.conv_out_first, banks[0].shape[0])
         self.method = method
         for b, bank in enumerate(banks):
             self.register_buffer(f"bank_{b}", bank.contiguous())
@@ -54,7 +54,34 @@ class FrozenCMoE(nn.Module):
         for b, (pre, post_norm) in enumerate(zip(self.pre, self.post_norm)):
             kernels = getattr(self, f"bank_{b}").index_select(0, domain)[0]  # [S_max, E, E, k, k]
             outputs.append(post_norm(slot_conv(pre(keys), kernels, slots, self.method)))
-        return self.conv_out_first(torch.cat(outputs, dim=1))
+        return self.aggregation(torch.cat(outputs, dim=1), domain)
+
+
+class AggregationBank(nn.Module):
+    """conv_out_first (1x1 conv -> GroupNorm [-> ReLU]) with its weights per domain, gathered by `domain`
+    like the kernel banks: `model adapt` tunes the aggregation conv for the domains it adds, and `export
+    add-domain` appends their rows without touching the old ones. A full export repeats the one trained
+    conv D times. Buffers: weight [D, C, 3E, 1, 1], norm_weight / norm_bias [D, C]."""
+
+    def __init__(self, conv_out_first: nn.Sequential, domains: int) -> None:
+        super().__init__()
+        conv, norm = conv_out_first[0], conv_out_first[1]
+        self.groups, self.eps = norm.num_groups, norm.eps
+        self.relu = len(conv_out_first) > 2
+        for name, value in (("weight", conv.weight), ("norm_weight", norm.weight), ("norm_bias", norm.bias)):
+            self.register_buffer(name, value.detach()[None].expand(domains, *value.shape).contiguous())
+
+    def forward(self, x: Tensor, domain: Tensor) -> Tensor:
+        """x [N, 3E, H, W], domain [1] -> [N, C, H, W]."""
+        out = nn.functional.conv2d(x, self.weight.index_select(0, domain)[0])
+        out = nn.functional.group_norm(
+            out,
+            self.groups,
+            self.norm_weight.index_select(0, domain)[0],
+            self.norm_bias.index_select(0, domain)[0],
+            self.eps,
+        )
+        return nn.functional.relu(out) if self.relu else out
 
 
 class DomainStatistics(nn.Module):
