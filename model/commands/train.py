@@ -116,8 +116,8 @@ def config_override(text: str) -> tuple[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    # OpenMP threads that wait by spinning take the cores that other processes (and this process's other
-    # threads) need; on the shared 2-core machine a training step runs ~2x faster with passive waits
+    # OpenMP threads that wait by spinning hold cores that other processes need: on a shared machine a
+    # training step then crawls. Passive waits cost ~5 % on an otherwise idle 2-core machine
     # (benchmarks/train_throughput.py, path "passive"). Read once, when torch loads: set it before.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from model.train import TrainOptions, train
