@@ -258,6 +258,11 @@ class _Calibrated(_Strict):
         default=None, description="present exactly when anomaly_map.fusion is calibrated"
     )
     routing: RoutingSummary = Field(default_factory=RoutingSummary)
+    rows_sha256: Sha256 | None = Field(
+        default=None,
+        description="sha256 of this set's rows of the frozen graph's per-set tensors (kernel, aggregation and "
+        "statistics banks), written by `export add-domain`, which refuses a bundle whose rows no longer match",
+    )
 
     def _check_calibration(self, names: list[str]) -> None:
         for field, named in (
@@ -429,6 +434,16 @@ class SignatureSpec(_Strict):
 DomainName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")]
 
 
+class Lineage(_Strict):
+    """Where an extended bundle came from: its parent bundle, untouched, and what was appended."""
+
+    parent_model_version: str = Field(min_length=1)
+    parent_manifest_sha256: Sha256
+    domains_added: list[str] = Field(min_length=1)
+    checkpoint: str = Field(min_length=1, description="the adapted run the added domains come from")
+    parent_lineage: Lineage | None = None
+
+
 class Manifest(_Strict):
     """``manifest.json`` of a bundle (format version :data:`FORMAT_VERSION`)."""
 
@@ -445,6 +460,10 @@ class Manifest(_Strict):
     domains: dict[DomainName, DomainSpec] = Field(min_length=1)
     signature: SignatureSpec | None = Field(
         default=None, description="domain inference and out-of-distribution rejection (format 3)"
+    )
+    lineage: Lineage | None = Field(
+        default=None,
+        description="the bundle `export add-domain` extended into this one (absent: a full export)",
     )
 
     @model_validator(mode="after")
@@ -525,6 +544,7 @@ __all__ = [
     "HeatmapRanges",
     "ImageScore",
     "LevelStatistics",
+    "Lineage",
     "Manifest",
     "ModalityEntry",
     "ModalitySignature",
