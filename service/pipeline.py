@@ -99,9 +99,10 @@ def match_info(match: DomainMatch | None) -> DomainMatchInfo | None:
 
 
 def mismatch_warning(match: DomainMatch, factor: float) -> str | None:
-    """A warning when the requested set fits `factor` times worse than another domain that fits."""
+    """A warning when another domain fits the sample (within its bound) while the requested set does not, or
+    fits `factor` times worse."""
     other, given = match.nearest_other, match.scored
-    if other is None or other.ratio > 1 or other.ratio * factor > given.ratio:
+    if other is None or other.ratio > 1 or (given.ratio <= 1 and other.ratio * factor > given.ratio):
         return None
     return (
         f"the sample fits {other.served.domain!r} (distance {other.ratio:.2f}) much better than the given "
@@ -110,24 +111,25 @@ def mismatch_warning(match: DomainMatch, factor: float) -> str | None:
 
 
 def out_of_distribution(runtime: Runtime, match: DomainMatch, *, inferred: bool, route: str) -> bool:
-    """True when the scored set's fit is beyond its bound and the service flags such samples; 422 when it
-    rejects them (UNIMMAD_OOD_ACTION)."""
-    scored = match.scored
-    if scored.ratio <= 1:
+    """True when no candidate fits the sample (every fit beyond its bound) and the service flags such samples;
+    422 when it rejects them (UNIMMAD_OOD_ACTION). A named domain that does not fit while another does is a
+    mislabel, answered with a warning (mismatch_warning), not an unknown input."""
+    scored, other = match.scored, match.nearest_other
+    if scored.ratio <= 1 or (other is not None and other.ratio <= 1):
         return False
     action = "rejected" if runtime.settings.ood_action == "reject" else "flagged"
     runtime.metrics.out_of_distribution.labels(route=route, action=action).inc()
     if action == "flagged":
         return True
-    where = (
-        f"fits none of the domains that take these modalities (nearest: {scored.served.domain!r}"
-        if inferred
-        else f"does not look like domain {scored.served.domain!r} ("
+    nearest = scored if inferred or other is None or scored.ratio <= other.ratio else other
+    which = (
+        "none of the domains" if inferred else f"neither domain {scored.served.domain!r} nor any other domain"
     )
     raise ServiceError(
         422,
         "out_of_distribution",
-        f"the sample {where} at {scored.ratio:.2f} times its out-of-distribution bound); it was not scored",
+        f"the sample fits {which} that take these modalities (nearest: {nearest.served.domain!r} at "
+        f"{nearest.ratio:.2f} times its out-of-distribution bound); it was not scored",
     )
 
 
@@ -194,7 +196,6 @@ async def detect(
     warnings = []
     if domain is not None and result.signature is not None and spec.signature is not None:
         match = given_match(by_name(result.signature, served), served, rivals)
-        # The given domain's own fit decides out-of-distribution; a better-fitting rival only warns.
         flagged = out_of_distribution(runtime, match, inferred=False, route=route)
         warning = mismatch_warning(match, settings.domain_mismatch_factor)
         if warning is not None:

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         description=f"when set (at least {MIN_API_KEY_LENGTH} characters), required on every route but the "
         "health routes and /metrics, including /docs and /openapi.json unless public_docs is set",
     )
+    reload_root: Path | None = Field(
+        default=None,
+        description="folder POST /admin/reload may load bundles from (default: the folder holding `bundle`)",
+    )
     public_docs: bool = Field(
         default=False, description="serve /docs and /openapi.json without the API key (they list the domains)"
     )
@@ -99,7 +103,7 @@ class Settings(BaseSettings):
         default=2.0,
         gt=1,
         description="a request's `domain` gets a warning when another domain with the same modalities fits "
-        "the sample (within its bound) and this many times better",
+        "the sample (within its bound) and the given one does not, or fits this many times worse",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log threshold"
