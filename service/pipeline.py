@@ -182,8 +182,9 @@ async def detect(
         match = best_match({s.key: by_name(signatures[row_of[s.key]], s) for s in sets}, sets)
         match_s = time.perf_counter() - mark
         served = match.scored.served
-        on_domain(served.domain)
+        # A rejected sample belongs to no domain: its metrics keep the label 'none'.
         flagged = out_of_distribution(runtime, match, inferred=True, route=route)
+        on_domain(served.domain)
         check_overlay(served.spec, heatmap_mode)
         metrics.domains_inferred.labels(domain=served.domain).inc()
     sample = samples[row_of[served.key]]
