@@ -3,6 +3,7 @@
 Per row: steps trained in the budget, final training loss, routing health at the end (top gate
 probability and the Jensen-Shannon divergence between domains' mean routings, from the train state), and
 per domain the image AUROC under the official fusion -> under calibrated max (RUN/fusions.json).
+Routing health is the last epoch's that sampled the gates.
 
     .venv/bin/python scripts/recipe_ablation_table.py runs/ablation/{0_official,1_gn_floor,2_anneal,3_warmup}
 """
@@ -28,7 +29,8 @@ def row(run: Path, domains: list[str]) -> str:
     progress = read_json(run / "train_state.json")["progress"]
     fusions = read_json(run / "fusions.json")["fusions"]
     last = progress["history"][-1]
-    routing = progress["routing"]["overall"]
+    # A last epoch of a few steps may hold no routing sample: then the latest epoch that has one.
+    routing = next(entry["routing"] for entry in reversed(progress["history"]) if entry.get("routing"))
     cells = [
         run.name,
         str(progress["step"]),

@@ -12,8 +12,10 @@ def fake_run(folder: Path, steps: int, official: float, calibrated: float) -> Pa
     folder.mkdir(parents=True)
     progress = {
         "step": steps,
-        "history": [{"mean_loss": 0.5}, {"mean_loss": 0.25}],
-        "routing": {"overall": {"top_probability": 0.05, "domain_divergence": 0.0061}},
+        "history": [
+            {"mean_loss": 0.5, "routing": {"top_probability": 0.05, "domain_divergence": 0.0061}},
+            {"mean_loss": 0.25, "routing": {}},  # a short last epoch without a routing sample
+        ],
     }
     (folder / "train_state.json").write_text(json.dumps({"progress": progress}))
     fusions = {
