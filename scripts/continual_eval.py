@@ -26,18 +26,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 DOMAINS = ("tiles", "parts", "boards", "brain")
 LEFT_OUT = ("tiles", "boards")  # one rgb, one rgb + infrared + depth
+BUNDLE_CHECK = "boards"  # exported and extended with `export add-domain` (the multimodal one)
 
 
-def run_once(runs: Path, name: str, argv: list[str]) -> dict[str, Any]:
-    """Run ``python -m model ARGV`` unless ``runs/NAME.wall.json`` says it ran; returns that record."""
+def run_once(runs: Path, name: str, argv: list[str], package: str = "model") -> dict[str, Any]:
+    """Run ``python -m PACKAGE ARGV`` unless ``runs/NAME.wall.json`` says it ran; returns that record."""
     record_path = runs / f"{name}.wall.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
     started = time.monotonic()
     with (runs / f"{name}.log").open("w") as log:
-        code = subprocess.call([sys.executable, "-m", "model", *argv], stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, "-m", package, *argv], stdout=log, stderr=subprocess.STDOUT)
     record = {"run": name, "rc": code, "wall_s": time.monotonic() - started}
     if code != 0:
         raise SystemExit(f"error: run {name} failed (exit {code}); see {runs / f'{name}.log'}")
@@ -54,6 +57,67 @@ def final_metrics(run: Path) -> dict[str, dict[str, float]]:
     return {
         name: {key: report["metrics"]["fused"][key] for key in ("image_auroc", "pixel_auroc")}
         for name, report in domains.items()
+    }
+
+
+def bundle_metrics(bundle: Path, run: Path) -> dict[str, dict[str, float | None]]:
+    """Per domain of a bundle: image / pixel AUROC of its frozen graph on the test split of the run's data."""
+    import onnxruntime as ort
+
+    from bundle.loader import load_bundle
+    from export.samples import batches, select_domains
+    from model.checkpoint import read_config
+    from model.config import UniMMADConfig
+    from model.data import parse_data_spec
+    from model.metrics import auroc, pixel_metrics
+
+    recorded = read_config(run)
+    config = UniMMADConfig.from_dict(recorded["model"])
+    manifest = load_bundle(bundle).manifest
+    graph = str(bundle / manifest.graphs.frozen.file)
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    sources = parse_data_spec(recorded["data"]["spec"])
+    metrics = {}
+    for name, spec in manifest.domains.items():
+        (data,) = select_domains(sources, [name])
+        scores, maps, labels, masks = [], [], [], []
+        for batch in batches(data, data.test_refs(), config, 8):
+            feeds = {"images": batch.images.numpy(), "domain": np.array([spec.index], dtype=np.int64)}
+            score, fused = session.run(["image_score", "anomaly_map"], feeds)
+            scores.append(score)
+            maps.append(fused)
+            labels.append(batch.labels)
+            masks.append(batch.masks)
+        metrics[name] = {
+            "image_auroc": auroc(np.concatenate(scores), np.concatenate(labels)),
+            "pixel_auroc": pixel_metrics(np.concatenate(masks), np.concatenate(maps))["pixel_auroc"],
+        }
+    return metrics
+
+
+def bundle_check(runs: Path, left_out: str) -> dict[str, Any]:
+    """Export the parent of `left_out`, append the adapted domain with `export add-domain`, and score both
+    bundles' frozen graphs on the test split: the old domains' figures must be the same in both."""
+    parent, extended = (
+        runs / "bundles" / f"minus_{left_out}",
+        runs / "bundles" / f"minus_{left_out}+{left_out}",
+    )
+    export = run_once(
+        runs,
+        f"export_minus_{left_out}",
+        ["bundle", "--checkpoint", str(runs / f"minus_{left_out}"), "--out", str(parent)],
+        "export",
+    )
+    add_argv = ["add-domain", str(parent), "--checkpoint", str(runs / f"adapt_{left_out}")]
+    add_argv += ["--domain", f"synthetic/{left_out}", "--out", str(extended)]
+    add = run_once(runs, f"add_domain_{left_out}", add_argv, "export")
+    before = bundle_metrics(parent, runs / f"minus_{left_out}")
+    after = bundle_metrics(extended, runs / f"adapt_{left_out}")
+    return {
+        "parent_bundle": before,
+        "extended_bundle": after,
+        "old_domains_unchanged": all(after[name] == value for name, value in before.items()),
+        "wall_s": {"full_export": export["wall_s"], "add_domain": add["wall_s"]},
     }
 
 
@@ -142,6 +206,7 @@ def main() -> int:
         walls[adapted] = run_once(args.runs, adapted, adapt_argv)["wall_s"]
     joint = final_metrics(args.runs / "joint")
     rows = [left_out_row(args.runs, left_out, joint, walls) for left_out in LEFT_OUT]
+    rows[LEFT_OUT.index(BUNDLE_CHECK)]["bundle"] = bundle_check(args.runs, BUNDLE_CHECK)
     report = {
         "setup": {
             "data": "synthetic (embedded), lite preset, CPU, one thread",
