@@ -79,8 +79,18 @@ def rss_bytes(pid: int) -> int:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a service child: this one, the repository importable, JSON logs, and ``extra``."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "UNIMMAD_LOG_FORMAT": "json", **(extra or {})}
+    """The environment of a service child: this one, the repository importable, JSON logs, and ``extra``.
+
+    Out-of-distribution samples are scored and flagged unless the environment says otherwise: these scripts
+    measure memory, load and robustness with generated pictures, which the default (reject) would refuse
+    before the path they measure."""
+    return {
+        "UNIMMAD_OOD_ACTION": "flag",
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "UNIMMAD_LOG_FORMAT": "json",
+        **(extra or {}),
+    }
 
 
 def start(

@@ -34,7 +34,15 @@ Upload = tuple[str, bytes, str]
 
 
 def make_settings(bundle: Path, **overrides) -> Settings:
-    defaults = {"bundle": bundle, "providers": ["CPUExecutionProvider"], "max_batch_size": 4}
+    """Settings of a test service. Out-of-distribution samples are scored and flagged: the tests upload
+    generated scenes and hand-made pictures that the tiny random-prior bundle's bounds need not admit
+    (tests/service/test_domain_inference.py tests the default, rejection)."""
+    defaults = {
+        "bundle": bundle,
+        "providers": ["CPUExecutionProvider"],
+        "max_batch_size": 4,
+        "ood_action": "flag",
+    }
     return Settings(**(defaults | overrides))
 
 

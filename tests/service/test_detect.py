@@ -235,7 +235,7 @@ def test_health_and_metrics(client) -> None:
     )
     for stage in ("decode", "preprocess", "queue", "infer", "postprocess"):
         assert f'unimmad_inference_duration_seconds_count{{stage="{stage}"}} 1.0' in text
-    assert 'unimmad_model_info{format_version="2",graphs="frozen"' in text
+    assert 'unimmad_model_info{format_version="3",graphs="frozen"' in text
     assert "unimmad_queue_depth 0.0" in text
 
 

@@ -27,7 +27,7 @@ from service_helpers import (
 
 from bundle import load_bundle
 from model.data.synthetic import SyntheticConfig, generate
-from service import create_app
+from service import Settings, create_app
 
 TINY_SIZE = 64
 
@@ -113,7 +113,8 @@ def tight_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 
 def test_out_of_distribution_is_refused_by_default(tight_bundle: Path, make_client) -> None:
-    client = make_client(tight_bundle)
+    assert Settings(bundle=tight_bundle).ood_action == "reject"
+    client = make_client(tight_bundle, ood_action="reject")
     files = training_uploads(RGB_DOMAIN)
     message = _error(client.post("/detect", files=files), 422, "out_of_distribution")
     assert "fits none of the domains" in message and RGB_DOMAIN in message
