@@ -1,4 +1,5 @@
-"""`python -m export {bundle,verify,bench}`: checkpoint -> ONNX bundle, its verification, its benchmark.
+"""`python -m export {bundle,verify,bench,add-domain}`: checkpoint -> ONNX bundle, its verification, its
+benchmark, and a new bundle with a domain learned by `model adapt` appended.
 
 Errors are one line on stderr and exit status 1 (2 for bad arguments); logs go to stderr, JSON reports
 to stdout.
@@ -118,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the report as JSON (default: indented summary)"
     )
 
+    add = commands.add_parser(
+        "add-domain",
+        help="a new bundle: BUNDLE plus a domain learned by `model adapt`, the old domains bit-identical",
+    )
+    add.add_argument("bundle", type=Path, help="bundle folder to extend (never modified)")
+    _add_checkpoint(add)
+    add.add_argument("--domain", required=True, help="the domain to add (one of the checkpoint's domains)")
+    add.add_argument("--out", type=Path, help="new bundle folder (default: BUNDLE+DOMAIN beside BUNDLE)")
+    add.add_argument("--model-version", help="the new bundle's model_version (default: OLD+DOMAIN)")
+    add.add_argument("--batch-size", type=int, default=8, help="batch size of calibration (default 8)")
+    add.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+
     bench = commands.add_parser(
         "bench", help="images/s of torch eager, ORT dynamic and ORT frozen at batch 1 and 8"
     )
@@ -164,6 +177,24 @@ def run(args: argparse.Namespace) -> dict | None:
     from model.calibration import RecordedHoldout
     from model.checkpoint import load_checkpoint
 
+    if args.command == "add-domain":
+        from export.add_domain import add_domain
+
+        out = args.out or args.bundle.with_name(f"{args.bundle.name}+{args.domain.replace('/', '_')}")
+        manifest = add_domain(
+            args.bundle,
+            args.checkpoint,
+            args.domain,
+            out,
+            args.model_version,
+            args.batch_size,
+            args.prior_weights,
+        )
+        return {
+            "bundle": str(out),
+            "model_version": manifest.model_version,
+            "domains": list(manifest.domains),
+        }
     model, run_config = load_checkpoint(args.checkpoint, prior_weights=args.prior_weights)
     if args.command == "bench":
         return bench(args.bundle, model, args.domain, args.min_seconds)

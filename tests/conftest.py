@@ -8,6 +8,7 @@ built once per session.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,44 @@ def tiny_export_model() -> UniMMAD:
     """A random-init model of the same tiny config, in eval mode (for torch-only export tests)."""
     torch.manual_seed(0)
     return UniMMAD(tiny_export_config(), allow_random_prior=True).eval()
+
+
+def _adapted_checkpoint(parent: Path, out: Path, also: str | None = None) -> Path:
+    """`parent`'s weights with the groups `model adapt` tunes moved (as an adaptation would), plus the
+    parameter named `also` when given (a weight adapt must not touch)."""
+    from model.adapt import select_tuned
+
+    model, run_config = load_checkpoint(parent)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in select_tuned(model):
+            parameter.add_(0.05 * torch.randn_like(parameter))
+        if also is not None:
+            model.get_parameter(also).add_(0.05)
+    return save_model(out, model, run_config)
+
+
+@pytest.fixture(scope="session")
+def make_adapted_checkpoint() -> Callable[..., Path]:
+    """`_adapted_checkpoint(parent, out, also=None)`, for tests that need their own adapted run."""
+    return _adapted_checkpoint
+
+
+@pytest.fixture(scope="session")
+def extended_bundle(
+    other_mode_bundle: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """`other_mode_bundle` (parts, boards) with synthetic/tiles appended by export add-domain."""
+    from export.add_domain import add_domain
+
+    checkpoint = _adapted_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("runs") / "adapted")
+    out = tmp_path_factory.mktemp("bundles") / "extended"
+    add_domain(
+        other_mode_bundle,
+        checkpoint,
+        "synthetic/tiles",
+        out,
+        batch_size=4,
+        synthetic=tiny_synthetic_source().config,
+    )
+    return out
