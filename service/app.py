@@ -26,6 +26,8 @@ from service.middleware import (
     RequestIdMiddleware,
     ServerFaultMiddleware,
 )
+from service.reload import Reloader, RequestGenerations
+from service.reload import router as reload_router
 from service.routes import build_router
 from service.routes.detect import DETECT_PATH
 from service.runtime import Runtime
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 FORM_OVERHEAD_BYTES = 64 * 1024
 
 
-def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> Runtime:
+def _publish_model_info(metrics: Metrics, engine: InferenceEngine) -> None:
     manifest = engine.bundle.manifest
     metrics.model_info.info(
         {
@@ -49,6 +51,9 @@ def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics
             "provider": engine.provider,
         }
     )
+
+
+def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics) -> Runtime:
     batcher = Batcher(
         engine,
         {key: served.spec.index for key, served in engine.sets.items()},
@@ -67,6 +72,13 @@ def _start_runtime(settings: Settings, engine: InferenceEngine, metrics: Metrics
         metrics=metrics,
         cpu_pool=cpu_pool,
     )
+
+
+async def _close_runtime(runtime: Runtime) -> None:
+    """Finish the runtime's admitted requests, then release its sessions and threads (off the event loop)."""
+    await runtime.batcher.close()
+    await asyncio.to_thread(runtime.engine.close)
+    await asyncio.to_thread(runtime.cpu_pool.shutdown, wait=True)
 
 
 def _on_warmup_failure(
@@ -133,21 +145,25 @@ def create_app(
     """
     metrics = Metrics()
 
+    reloader = Reloader(settings, metrics, _start_runtime, _close_runtime, _publish_model_info)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = _start_runtime(settings, engine or load_engine(settings), metrics)
+        _publish_model_info(metrics, runtime.engine)
         app.state.runtime = runtime
+        app.state.reloader = reloader
         # Warm-up runs behind a live server, so /readyz can say "not yet" while it does.
         warmup = asyncio.create_task(runtime.warm_up(), name="warm-up")
         warmup.add_done_callback(_on_warmup_failure(runtime, on_fatal))
         try:
             yield
         finally:
-            await runtime.batcher.close()
             if not warmup.done():
                 warmup.cancel()
-            runtime.engine.close()
-            runtime.cpu_pool.shutdown(wait=True)
+            # A reload may have replaced the startup runtime; the old ones retire on their own.
+            await _close_runtime(app.state.runtime)
+            await reloader.wait_retired()
             log.info("shut down cleanly")
 
     app = FastAPI(
@@ -163,6 +179,7 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(build_router())
+    app.include_router(reload_router, tags=["admin"], dependencies=[Depends(require_api_key)])
     _add_docs_routes(app, settings)
     # The last added runs first: every answer gets its request id and is counted by the metrics (a fault as
     # 500), and the in-flight limit sees a request before its body is read.
@@ -177,6 +194,8 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(ServerFaultMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: a request is counted under the runtime generation it started in before anything reads it.
+    app.add_middleware(RequestGenerations, tracker=reloader.tracker)
 
     default_openapi = app.openapi
     app.openapi = lambda: _enriched_openapi(app, default_openapi())  # type: ignore[method-assign]

@@ -72,4 +72,10 @@ class Metrics:
             ("domain",),
             registry=self.registry,
         )
+        self.reloads = Counter(
+            "unimmad_reloads",
+            "bundle reloads (POST /admin/reload) by outcome: success, or failure (the old bundle kept serving)",
+            ("outcome",),
+            registry=self.registry,
+        )
         self.model_info = Info("unimmad_model", "served bundle and provider", registry=self.registry)
