@@ -11,11 +11,11 @@ new domains to the parent's bundle. Progress, --resume and --max-minutes work as
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from model.adapt import DEFAULT_REPLAY
+from model.commands.train import add_run_arguments, print_result
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,27 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of sampling, holdout and replay (default: 0)"
     )
-    parser.add_argument("--resume", action="store_true", help="continue the adaptation in --out")
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=10,
-        metavar="EPOCHS",
-        help="evaluate every domain (old and new) every N epochs and at the end; 0 = never (default: 10)",
-    )
-    parser.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=0.1,
-        help="normal training samples per new domain held out for calibration (default: 0.1)",
-    )
-    parser.add_argument(
-        "--max-minutes", type=float, help="stop (with a resumable checkpoint) after this wall time"
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
-    parser.add_argument(
-        "--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 autocast (CUDA only) or fp32"
-    )
+    add_run_arguments(parser, "new domain")
     parser.add_argument("--prior-weights", help="where the parent's prior weights file lives now")
     return parser
 
@@ -85,15 +65,5 @@ def run(args: argparse.Namespace) -> int:
         prior_weights=args.prior_weights,
     )
     result = adapt(args.checkpoint, options, replay=args.replay)
-    print(
-        json.dumps(
-            {
-                "out": str(result.out),
-                "epochs_done": result.epochs_done,
-                "step": result.step,
-                "finished": result.finished,
-                "last_loss": result.last_loss,
-            }
-        )
-    )
+    print_result(result)
     return 0

@@ -49,30 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of initialisation, sampling and holdout (default: 0)"
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        default=10,
-        metavar="EPOCHS",
-        help="evaluate on the test split every N epochs and at the end; 0 = never (default: 10)",
-    )
-    parser.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=0.1,
-        help="normal training samples per domain held out for calibration (default: 0.1)",
-    )
-    parser.add_argument(
-        "--max-minutes", type=float, help="stop (with a resumable checkpoint) after this wall time"
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="bf16 autocast (CUDA only) or fp32 (default)",
-    )
+    add_run_arguments(parser, "domain")
     parser.add_argument("--prior-weights", help="weights file of the frozen prior (default: the preset's)")
     parser.add_argument("--no-prior-cache", action="store_true", help="recompute the frozen prior every step")
     parser.add_argument(
@@ -97,6 +74,46 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "e.g. --set balance_anneal_fraction=1.0 --set kernel_sizes=[1,3]",
     )
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, holdout_of: str) -> None:
+    """The options `train` and `adapt` share: resume, evaluation cadence, holdout, budget, device."""
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=10,
+        metavar="EPOCHS",
+        help="evaluate on the test split every N epochs and at the end; 0 = never (default: 10)",
+    )
+    parser.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help=f"normal training samples per {holdout_of} held out for calibration (default: 0.1)",
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, help="stop (with a resumable checkpoint) after this wall time"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16 autocast (CUDA only) or fp32 (default)",
+    )
+
+
+def print_result(result: Any, **extra: Any) -> None:
+    """One JSON line on stdout: where the run is and how far it got."""
+    summary = {
+        "out": str(result.out),
+        "epochs_done": result.epochs_done,
+        "step": result.step,
+        "finished": result.finished,
+        "last_loss": result.last_loss,
+    }
+    print(json.dumps({**summary, **extra}))
 
 
 def config_override(text: str) -> tuple[str, Any]:
@@ -143,16 +160,5 @@ def run(args: argparse.Namespace) -> int:
         config_overrides=tuple(args.overrides),
     )
     result = train(options)
-    print(
-        json.dumps(
-            {
-                "out": str(result.out),
-                "epochs_done": result.epochs_done,
-                "step": result.step,
-                "finished": result.finished,
-                "last_loss": result.last_loss,
-                "prior_cache": result.cache_stats,
-            }
-        )
-    )
+    print_result(result, prior_cache=result.cache_stats)
     return 0
