@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from bundle.loader import Bundle, load_bundle
-from bundle.manifest import DomainSpec
+from bundle.manifest import DomainSpec, Manifest
 from export.build import BundleOptions, statistics_bank, statistics_from_manifest
 from export.fallback import validation_agreement
 from export.fold import kernel_banks
@@ -79,6 +79,16 @@ def false_positive_rate(spec: DomainSpec, normal_scores: np.ndarray) -> dict[str
     }
 
 
+def added_domains(manifest: Manifest) -> set[str]:
+    """Every domain `export add-domain` appended along the bundle's lineage."""
+    added: set[str] = set()
+    lineage = manifest.lineage
+    while lineage is not None:
+        added.update(lineage.domains_added)
+        lineage = lineage.parent_lineage
+    return added
+
+
 def check_bundle_matches(bundle: Bundle, model: UniMMAD, domains: Sequence[DomainData]) -> None:
     """ValueError unless the checkpoint and the data fit the bundle (size, domains and their modalities)."""
     manifest = bundle.manifest
@@ -86,10 +96,17 @@ def check_bundle_matches(bundle: Bundle, model: UniMMAD, domains: Sequence[Domai
         raise ValueError(
             f"bundle input size {manifest.input_size} != checkpoint image_size {model.config.image_size}"
         )
+    added = added_domains(manifest)
     for data in domains:
         if data.name not in manifest.domains:
             raise ValueError(
                 f"domain {data.name} is not in the bundle (it has {', '.join(manifest.domains)})"
+            )
+        if data.name in added:
+            raise ValueError(
+                f"domain {data.name} was appended by `export add-domain`: the bundle's per-sample graph is "
+                "its parent's model, so verify cannot compare the two routings; verify the parent's domains "
+                "only (--data), or export the adapted checkpoint in full"
             )
         names = [entry.name for entry in manifest.domains[data.name].modalities]
         if names != list(data.domain.modality_names):

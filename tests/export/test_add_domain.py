@@ -81,3 +81,12 @@ def test_cli_refuses_an_existing_output_folder(other_mode_bundle, tiny_checkpoin
     assert main([*argv, "--out", str(other_mode_bundle)]) == 1
     err = capsys.readouterr().err.strip()
     assert "never modifies one" in err and len(err.splitlines()) == 1
+
+
+def test_verify_refuses_an_added_domain_in_one_line(extended_bundle, tiny_checkpoint, capsys) -> None:
+    """The per-sample graph of an extended bundle is its parent's model: there is nothing to compare the
+    added domain's frozen routing with, so verify says so instead of failing inside onnxruntime."""
+    argv = ["verify", str(extended_bundle), "--checkpoint", str(tiny_checkpoint), "--data", "synthetic"]
+    assert main([*argv, "--domains", NEW, "--max-samples", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "appended by `export add-domain`" in err and len(err.splitlines()) == 1
