@@ -11,11 +11,10 @@ new domains to the parent's bundle. Progress, --resume and --max-minutes work as
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from model.adapt import DEFAULT_REPLAY
-from model.commands.train import add_run_arguments, print_result
+from model.commands.train import add_run_arguments, print_result, run_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,25 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Passive OpenMP waits, as `train` sets them (see model/commands/train.py); read when torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    options = run_options(args)
     from model.adapt import adapt
-    from model.train import TrainOptions
 
-    options = TrainOptions(
-        data=args.data,
-        out=args.out,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        resume=args.resume,
-        eval_every=args.eval_every,
-        holdout_fraction=args.holdout_fraction,
-        max_minutes=args.max_minutes,
-        device=args.device,
-        precision=args.precision,
-        prior_weights=args.prior_weights,
-    )
     result = adapt(args.checkpoint, options, replay=args.replay)
     print_result(result)
     return 0

@@ -13,9 +13,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.config import PRESETS, UniMMADConfig
+
+if TYPE_CHECKING:  # model.train imports torch: commands load it only when they run
+    from model.train import TrainOptions
 
 CONFIG_FIELDS = {field.name for field in dataclasses.fields(UniMMADConfig)}
 
@@ -132,19 +135,18 @@ def config_override(text: str) -> tuple[str, Any]:
     return name, tuple(value) if isinstance(value, list) else value
 
 
-def run(args: argparse.Namespace) -> int:
-    # OpenMP threads that wait by spinning hold cores that other processes need: on a shared machine a
-    # training step then crawls. Passive waits cost ~5 % on an otherwise idle 2-core machine
-    # (benchmarks/train_throughput.py, path "passive"). Read once, when torch loads: set it before.
+def run_options(args: argparse.Namespace, **fields: Any) -> TrainOptions:
+    """TrainOptions from the options `train` and `adapt` share, plus the command's own ``fields``. Sets
+    passive OpenMP waits first: threads that wait by spinning hold cores that other processes need, and on
+    a shared machine a step then crawls; passive waits cost ~5 % on an otherwise idle 2-core machine
+    (benchmarks/train_throughput.py, path "passive"). OpenMP reads it once, when torch loads."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from model.train import TrainOptions, train
+    from model.train import TrainOptions
 
-    options = TrainOptions(
+    return TrainOptions(
         data=args.data,
         out=args.out,
-        preset=args.preset,
         epochs=args.epochs,
-        batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
         resume=args.resume,
@@ -154,11 +156,22 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         prior_weights=args.prior_weights,
+        **fields,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    options = run_options(
+        args,
+        preset=args.preset,
+        batch_size=args.batch_size,
         prior_cache=not args.no_prior_cache,
         workers=args.workers,
         data_cache=not args.no_data_cache,
         config_overrides=tuple(args.overrides),
     )
+    from model.train import train
+
     result = train(options)
     print_result(result, prior_cache=result.cache_stats)
     return 0
