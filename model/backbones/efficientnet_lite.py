@@ -123,9 +123,7 @@ class EfficientNetLite0Trunk(nn.Module):
     `load_trunk_weights(trunk, "package:efficientnet_lite0")`.
     """
 
-    feature_spec: ClassVar[FeatureSpec] = FeatureSpec(
-        channels=(24, 40, 112), strides=(4, 8, 16), signed=True
-    )
+    feature_spec: ClassVar[FeatureSpec] = FeatureSpec(channels=(24, 40, 112), strides=(4, 8, 16), signed=True)
     # Per-channel normalisation of [0, 1] RGB the TensorFlow-trained weights expect: (255 x - 127) / 128.
     input_mean: ClassVar[tuple[float, float, float]] = (127 / 255,) * 3
     input_std: ClassVar[tuple[float, float, float]] = (128 / 255,) * 3
