@@ -32,6 +32,7 @@ from torch import nn
 
 from model.backbones.weights import sha256_file
 from model.checkpoint import MODEL_FILE, has_train_state, load_checkpoint, read_config
+from model.config import DEFAULT_REPLAY
 from model.data import SyntheticConfig, parse_data_spec
 from model.data.holdout import holdout_rank
 from model.data.loader import Item, MultiDomainDataset
@@ -45,7 +46,6 @@ TUNED_GROUPS: dict[str, str] = {
     "condition_router": r"c_moes\.\d+\.(conv_cond|MoEs\.\d+\.gate)\.",
     "aggregation_conv": r"c_moes\.\d+\.conv_out_first\.",
 }
-DEFAULT_REPLAY = 0.01
 LINEAGE_KEY = "lineage"
 
 

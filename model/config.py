@@ -28,6 +28,8 @@ PREDICTION_ACTIVATIONS = ("relu", "none")
 GROUP_NORM_CANDIDATES = (32, 16, 8, 4, 2, 1)
 # Input size must be a multiple of the compressed code's stride (encoder stride 16, two more halvings).
 CODE_STRIDE = 32
+# Spec 9: share of each old domain's training items replayed while `model adapt` learns new domains.
+DEFAULT_REPLAY = 0.01
 
 
 def group_norm_groups(channels: int) -> int:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.adapt import DEFAULT_REPLAY
 from model.commands.train import add_run_arguments, print_result, run_options
+from model.config import DEFAULT_REPLAY
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "adapt",
-        help="learn new domains from a trained run by tuning < 10 % of its parameters",
+        help="learn new domains from a trained run by tuning < 10 %% of its parameters",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
