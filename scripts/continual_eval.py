@@ -1,8 +1,11 @@
-"""Continual learning on the synthetic domains: adapt a model to a left-out domain vs train jointly.
+"""Continual learning: adapt a model to a left-out domain vs train jointly on every domain.
 
-For each left-out domain: train the lite model on the other synthetic domains, then `model adapt` it to
-the left-out one; beside them one joint model on all domains. Every run has a wall-clock budget (equal
-for every training, a shorter one for adapt). The table compares, per left-out domain:
+For each left-out domain: train the lite model on the other domains, then `model adapt` it to the
+left-out one; beside them one joint model on all domains (trained here, or an existing run given with
+--joint). Every training has the same wall-clock budget, adapt a shorter one. Two suites:
+`synthetic` (the embedded domains; minutes) and `shared` (every shared domain, as scripts/train_unified.sh;
+leaves out magnetic_tile and the multimodal mulsen capsule; about an hour per training on one core).
+The table compares, per left-out domain:
 - the new domain's image / pixel AUROC after adapt vs the joint model's;
 - the old domains' change through adapt (the adapted checkpoint vs its parent, both evaluated with
   per-sample routing by the training loop's final evaluation: the forgetting the paper reports; a bundle
@@ -10,9 +13,11 @@ for every training, a shorter one for adapt). The table compares, per left-out d
 - the share of parameters adapt tuned, and the wall time of adapt vs a full retraining.
 
     taskset -c 1 env OMP_NUM_THREADS=1 .venv/bin/python scripts/continual_eval.py \
-        [--runs runs/continual] [--train-minutes 6] [--adapt-minutes 2] [--out docs/results/continual_synthetic.json]
+        [--suite synthetic] [--runs runs/continual] [--train-minutes 6] [--adapt-minutes 2] \
+        [--joint RUN] [--cases NAME ...] [--out docs/results/continual_synthetic.json]
 
-Runs already in --runs (a `<name>.wall.json` beside the folder) are reused, so a cut-off session resumes.
+Runs already in --runs (a `<name>.wall.json` beside the folder) are reused, so a cut-off session resumes
+and the cases can run in parallel processes (one --cases each), then once more without --cases for the table.
 """
 
 from __future__ import annotations
@@ -23,14 +28,57 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DOMAINS = ("tiles", "parts", "boards", "brain")
-LEFT_OUT = ("tiles", "boards")  # one rgb, one rgb + infrared + depth
-BUNDLE_CHECK = "boards"  # exported and extended with `export add-domain` (the multimodal one)
+SHARED_DATA = "synthetic,shared:magnetic_tile,shared:mvtec3d_tire,shared:mulsen:button_cell+capsule"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One left-out domain: the data spec the parent trains on, and the spec `adapt` adds."""
+
+    name: str
+    parent_data: str
+    new_data: str
+
+
+@dataclass(frozen=True)
+class Suite:
+    joint_data: str
+    cases: tuple[Case, ...]
+    bundle_check: str | None  # the case exported and extended with `export add-domain`
+
+
+SUITES = {
+    "synthetic": Suite(
+        joint_data="synthetic",
+        cases=(  # one rgb, one rgb + infrared + depth
+            Case("tiles", "synthetic@parts+boards+brain", "synthetic@tiles"),
+            Case("boards", "synthetic@tiles+parts+brain", "synthetic@boards"),
+        ),
+        bundle_check="boards",
+    ),
+    "shared": Suite(
+        joint_data=SHARED_DATA,
+        cases=(  # one gray, one rgb + infrared + depth
+            Case(
+                "magnetic_tile",
+                "synthetic,shared:mvtec3d_tire,shared:mulsen:button_cell+capsule",
+                "shared:magnetic_tile",
+            ),
+            Case(
+                "capsule",
+                "synthetic,shared:magnetic_tile,shared:mvtec3d_tire,shared:mulsen:button_cell",
+                "shared:mulsen:capsule",
+            ),
+        ),
+        bundle_check="capsule",
+    ),
+}
 
 
 def run_once(runs: Path, name: str, argv: list[str], package: str = "model") -> dict[str, Any]:
@@ -49,10 +97,11 @@ def run_once(runs: Path, name: str, argv: list[str], package: str = "model") -> 
 
 
 def final_metrics(run: Path) -> dict[str, dict[str, float]]:
-    """Per domain, the fused image/pixel AUROC of the run's last evaluation."""
-    reports = sorted((run / "eval").glob("step_*.json"))
+    """Per domain, the fused image/pixel AUROC of the run's last evaluation (the training loop's, or
+    `model evaluate --out RUN/evaluation`'s)."""
+    reports = sorted((run / "eval").glob("step_*.json")) or sorted(run.glob("evaluation/metrics.json"))
     if not reports:
-        raise SystemExit(f"error: {run} has no evaluation (eval/step_*.json)")
+        raise SystemExit(f"error: {run} has no evaluation (eval/step_*.json or evaluation/metrics.json)")
     domains = json.loads(reports[-1].read_text())["domains"]
     return {
         name: {key: report["metrics"]["fused"][key] for key in ("image_auroc", "pixel_auroc")}
@@ -95,6 +144,13 @@ def bundle_metrics(bundle: Path, run: Path) -> dict[str, dict[str, float | None]
     return metrics
 
 
+def added_domain(runs: Path, left_out: str) -> str:
+    """The domain name `adapt` gave the left-out data (from the adapted run's lineage)."""
+    lineage = json.loads((runs / f"adapt_{left_out}" / "config.json").read_text())["lineage"]
+    (name,) = lineage["domains_added"]
+    return name
+
+
 def bundle_check(runs: Path, left_out: str) -> dict[str, Any]:
     """Export the parent of `left_out`, append the adapted domain with `export add-domain`, and score both
     bundles' frozen graphs on the test split: the old domains' figures must be the same in both."""
@@ -109,7 +165,7 @@ def bundle_check(runs: Path, left_out: str) -> dict[str, Any]:
         "export",
     )
     add_argv = ["add-domain", str(parent), "--checkpoint", str(runs / f"adapt_{left_out}")]
-    add_argv += ["--domain", f"synthetic/{left_out}", "--out", str(extended)]
+    add_argv += ["--domain", added_domain(runs, left_out), "--out", str(extended)]
     add = run_once(runs, f"add_domain_{left_out}", add_argv, "export")
     before = bundle_metrics(parent, runs / f"minus_{left_out}")
     after = bundle_metrics(extended, runs / f"adapt_{left_out}")
@@ -126,8 +182,9 @@ def loop_seconds(run: Path) -> float:
     return json.loads((run / "train_state.json").read_text())["progress"]["train_seconds"]
 
 
-def left_out_row(runs: Path, left_out: str, joint: dict, walls: dict[str, float]) -> dict[str, Any]:
-    new = f"synthetic/{left_out}"
+def left_out_row(runs: Path, left_out: str, joint_run: Path, walls: dict[str, float | None]) -> dict[str, Any]:
+    new = added_domain(runs, left_out)
+    joint = final_metrics(joint_run)
     parent = final_metrics(runs / f"minus_{left_out}")
     adapted = final_metrics(runs / f"adapt_{left_out}")
     lineage = json.loads((runs / f"adapt_{left_out}" / "config.json").read_text())["lineage"]
@@ -152,9 +209,13 @@ def left_out_row(runs: Path, left_out: str, joint: dict, walls: dict[str, float]
         },
         "training_loop_s": {
             "adapt": loop_seconds(runs / f"adapt_{left_out}"),
-            "joint_retraining": loop_seconds(runs / "joint"),
+            "joint_retraining": loop_seconds(joint_run),
         },
     }
+
+
+def minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.1f}"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -172,8 +233,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {100 * new['adapted']['pixel_auroc']:.1f} / {100 * new['joint']['pixel_auroc']:.1f} "
             f"| {mean['image_auroc']:+.1f} / {mean['pixel_auroc']:+.1f} "
             f"| {100 * row['tuned']['share']:.1f} % ({row['tuned']['parameters']:,}) "
-            f"| {row['wall_s']['adapt'] / 60:.1f} ({row['training_loop_s']['adapt'] / 60:.1f}) / "
-            f"{row['wall_s']['joint_retraining'] / 60:.1f} ({row['training_loop_s']['joint_retraining'] / 60:.1f}) min |"
+            f"| {minutes(row['wall_s']['adapt'])} ({minutes(row['training_loop_s']['adapt'])}) / "
+            f"{minutes(row['wall_s']['joint_retraining'])} ({minutes(row['training_loop_s']['joint_retraining'])}) min |"
         )
     return "\n".join(lines)
 
@@ -182,36 +243,52 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--suite", choices=sorted(SUITES), default="synthetic")
     parser.add_argument("--runs", type=Path, default=Path("runs/continual"))
     parser.add_argument("--train-minutes", type=float, default=6.0)
     parser.add_argument("--adapt-minutes", type=float, default=2.0)
+    parser.add_argument(
+        "--joint", type=Path, help="an existing run trained on every domain of the suite (default: train one)"
+    )
+    parser.add_argument("--cases", nargs="+", help="run only these left-out cases (default: all, and the table)")
     parser.add_argument("--out", type=Path, default=Path("docs/results/continual_synthetic.json"))
     args = parser.parse_args()
+    suite = SUITES[args.suite]
+    known = {case.name for case in suite.cases}
+    if unknown := set(args.cases or ()) - known:
+        parser.error(f"unknown case(s) {sorted(unknown)}; the {args.suite} suite has {sorted(known)}")
     args.runs.mkdir(parents=True, exist_ok=True)
     budget = ["--preset", "lite", "--max-minutes", str(args.train_minutes)]
-    walls = {
-        "joint": run_once(
-            args.runs, "joint", ["train", "--data", "synthetic", "--out", str(args.runs / "joint"), *budget]
-        )["wall_s"]
-    }
-    for left_out in LEFT_OUT:
-        others = "+".join(name for name in DOMAINS if name != left_out)
-        parent = args.runs / f"minus_{left_out}"
-        walls[parent.name] = run_once(
-            args.runs, parent.name, ["train", "--data", f"synthetic@{others}", "--out", str(parent), *budget]
-        )["wall_s"]
-        adapted = f"adapt_{left_out}"
-        adapt_argv = ["adapt", "--checkpoint", str(parent), "--data", f"synthetic@{left_out}"]
+    walls: dict[str, float | None] = {}
+    if args.joint is None:
+        joint_run = args.runs / "joint"
+        joint_argv = ["train", "--data", suite.joint_data, "--out", str(joint_run), *budget]
+        walls["joint"] = run_once(args.runs, "joint", joint_argv)["wall_s"]
+    else:
+        joint_run, walls["joint"] = args.joint, None
+    cases = [case for case in suite.cases if args.cases is None or case.name in args.cases]
+    for case in cases:
+        parent = args.runs / f"minus_{case.name}"
+        parent_argv = ["train", "--data", case.parent_data, "--out", str(parent), *budget]
+        walls[parent.name] = run_once(args.runs, parent.name, parent_argv)["wall_s"]
+        adapted = f"adapt_{case.name}"
+        adapt_argv = ["adapt", "--checkpoint", str(parent), "--data", case.new_data]
         adapt_argv += ["--out", str(args.runs / adapted), "--max-minutes", str(args.adapt_minutes)]
         walls[adapted] = run_once(args.runs, adapted, adapt_argv)["wall_s"]
-    joint = final_metrics(args.runs / "joint")
-    rows = [left_out_row(args.runs, left_out, joint, walls) for left_out in LEFT_OUT]
-    rows[LEFT_OUT.index(BUNDLE_CHECK)]["bundle"] = bundle_check(args.runs, BUNDLE_CHECK)
+    if args.cases is not None:
+        return 0  # a partial run trains only; the table comes from a run over every case
+    rows = [left_out_row(args.runs, case.name, joint_run, walls) for case in cases]
+    if suite.bundle_check is not None:
+        checked = [case.name for case in cases].index(suite.bundle_check)
+        rows[checked]["bundle"] = bundle_check(args.runs, suite.bundle_check)
     report = {
         "setup": {
-            "data": "synthetic (embedded), lite preset, CPU, one thread",
+            "suite": args.suite,
+            "data": suite.joint_data,
+            "preset": "lite, CPU, one thread",
             "train_minutes": args.train_minutes,
             "adapt_minutes": args.adapt_minutes,
+            "joint": str(joint_run),
             "metrics": "fused image/pixel AUROC of each run's final evaluation (test split, per-sample routing)",
         },
         "rows": rows,

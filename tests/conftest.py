@@ -90,29 +90,21 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-@pytest.fixture(scope="session")
-def other_mode_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny_checkpoint` exported with the routing mode `tiny_bundle` does not use (two domains, to stay quick)."""
-    model, _ = load_checkpoint(tiny_checkpoint)
-    domains = select_domains([tiny_synthetic_source()], ["synthetic/parts", "synthetic/boards"])
-    mode = next(mode for mode in ROUTING_MODES if mode != DEFAULT_ROUTING_MODE)
-    out = tmp_path_factory.mktemp("bundles") / f"tiny_{mode}"
-    build_bundle(model, domains, out, tiny_bundle_options(routing=mode))
-    return out
-
-
-# The subset bundle: two domains sharing rgb + depth, and the boards' rgb + depth calibrated as a subset.
-SUBSET_DOMAINS = ("synthetic/parts", "synthetic/boards")
+# The pair bundle: two domains sharing rgb + depth, and the boards' rgb + depth calibrated as a subset.
+PAIR_DOMAINS = ("synthetic/parts", "synthetic/boards")
 SUBSETS = (("synthetic/boards", ("rgb", "depth")),)
 
 
 @pytest.fixture(scope="session")
-def subset_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny_checkpoint` exported for parts and boards with the subset boards:rgb+depth (graph index 2)."""
+def pair_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_checkpoint` exported for parts and boards with the routing mode `tiny_bundle` does not use and
+    the subset boards:rgb+depth (graph index 2). One export serves the routing-mode, subset and add-domain
+    tests, because each tiny export costs minutes of the suite."""
     model, _ = load_checkpoint(tiny_checkpoint)
-    domains = select_domains([tiny_synthetic_source()], list(SUBSET_DOMAINS))
-    out = tmp_path_factory.mktemp("bundles") / "tiny_subsets"
-    build_bundle(model, domains, out, tiny_bundle_options(subsets=SUBSETS))
+    domains = select_domains([tiny_synthetic_source()], list(PAIR_DOMAINS))
+    mode = next(mode for mode in ROUTING_MODES if mode != DEFAULT_ROUTING_MODE)
+    out = tmp_path_factory.mktemp("bundles") / f"tiny_pair_{mode}"
+    build_bundle(model, domains, out, tiny_bundle_options(routing=mode, subsets=SUBSETS))
     return out
 
 
@@ -146,15 +138,15 @@ def make_adapted_checkpoint() -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def extended_bundle(
-    other_mode_bundle: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+    pair_bundle: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """`other_mode_bundle` (parts, boards) with synthetic/tiles appended by export add-domain."""
+    """`pair_bundle` (parts, boards, boards:rgb+depth) with synthetic/tiles appended by export add-domain."""
     from export.add_domain import add_domain
 
     checkpoint = _adapted_checkpoint(tiny_checkpoint, tmp_path_factory.mktemp("runs") / "adapted")
     out = tmp_path_factory.mktemp("bundles") / "extended"
     add_domain(
-        other_mode_bundle,
+        pair_bundle,
         checkpoint,
         "synthetic/tiles",
         out,

@@ -13,7 +13,7 @@ from export.__main__ import main
 from export.add_domain import AddDomainError, add_domain
 from model.data import SyntheticConfig
 
-NEW = "synthetic/tiles"  # other_mode_bundle holds parts and boards
+NEW = "synthetic/tiles"  # pair_bundle holds parts and boards
 TINY = SyntheticConfig(size=64, train_per_domain=8, test_normal_per_domain=3, test_defective_per_domain=3)
 
 
@@ -27,21 +27,26 @@ def frozen_outputs(bundle: Path, index: int, slots: int) -> list[np.ndarray]:
 
 
 def test_the_new_bundle_serves_the_new_domain_and_the_old_ones_unchanged(
-    extended_bundle, other_mode_bundle
+    extended_bundle, pair_bundle
 ) -> None:
     out = extended_bundle
     # The old bundle is never modified: it still loads (every file's sha256 checked) with its two domains.
-    old, new = load_bundle(other_mode_bundle).manifest, load_bundle(out).manifest
+    old, new = load_bundle(pair_bundle).manifest, load_bundle(out).manifest
     assert list(old.domains) == ["synthetic/parts", "synthetic/boards"]
-    assert list(new.domains) == [*old.domains, NEW] and new.domains[NEW].index == len(old.domains)
+    old_sets = dict(old.served_sets())
+    assert list(old_sets) == ["synthetic/parts", "synthetic/boards", "synthetic/boards:rgb+depth"]
+    # The new domain's rows come after every old set's, the subset's included.
+    assert list(new.domains) == [*old.domains, NEW] and new.domains[NEW].index == len(old_sets)
     assert new.model_version != old.model_version and new.lineage.domains_added == [NEW]
     assert new.graphs.dynamic == old.graphs.dynamic
-    for name, spec in old.domains.items():
-        kept = new.domains[name]
-        assert kept.model_dump(exclude={"rows_sha256"}) == spec.model_dump(exclude={"rows_sha256"})
+    new_sets = dict(new.served_sets())
+    for name, spec in old_sets.items():
+        kept = new_sets[name]
+        exclude = {"rows_sha256", "subsets"}
+        assert kept.model_dump(exclude=exclude) == spec.model_dump(exclude=exclude)
         assert kept.rows_sha256 is not None
         for before_output, after_output in zip(
-            frozen_outputs(other_mode_bundle, spec.index, len(spec.modalities)),
+            frozen_outputs(pair_bundle, spec.index, len(spec.modalities)),
             frozen_outputs(out, spec.index, len(spec.modalities)),
         ):
             assert before_output.tobytes() == after_output.tobytes()
@@ -68,17 +73,17 @@ def test_an_extended_bundle_can_be_extended_again(
     ],
 )
 def test_refusals_leave_nothing_behind(
-    domain, also, message, other_mode_bundle, tiny_checkpoint, make_adapted_checkpoint, tmp_path
+    domain, also, message, pair_bundle, tiny_checkpoint, make_adapted_checkpoint, tmp_path
 ) -> None:
     checkpoint = make_adapted_checkpoint(tiny_checkpoint, tmp_path / "adapted", also)
     with pytest.raises(AddDomainError, match=message):
-        add_domain(other_mode_bundle, checkpoint, domain, tmp_path / "new", batch_size=4, synthetic=TINY)
+        add_domain(pair_bundle, checkpoint, domain, tmp_path / "new", batch_size=4, synthetic=TINY)
     assert not (tmp_path / "new").exists()
 
 
-def test_cli_refuses_an_existing_output_folder(other_mode_bundle, tiny_checkpoint, capsys) -> None:
-    argv = ["add-domain", str(other_mode_bundle), "--checkpoint", str(tiny_checkpoint), "--domain", NEW]
-    assert main([*argv, "--out", str(other_mode_bundle)]) == 1
+def test_cli_refuses_an_existing_output_folder(pair_bundle, tiny_checkpoint, capsys) -> None:
+    argv = ["add-domain", str(pair_bundle), "--checkpoint", str(tiny_checkpoint), "--domain", NEW]
+    assert main([*argv, "--out", str(pair_bundle)]) == 1
     err = capsys.readouterr().err.strip()
     assert "never modifies one" in err and len(err.splitlines()) == 1
 

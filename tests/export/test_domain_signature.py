@@ -72,10 +72,10 @@ def test_each_bound_is_the_rule_on_the_signature_graphs_held_out_normals(
 
 
 def test_a_subset_is_calibrated_on_its_own_modalities_and_index(
-    subset_bundle: Path, tiny_export_setup, tiny_checkpoint: Path
+    pair_bundle: Path, tiny_export_setup, tiny_checkpoint: Path
 ) -> None:
     source, options = tiny_export_setup
-    manifest = load_bundle(subset_bundle).manifest
+    manifest = load_bundle(pair_bundle).manifest
     boards = manifest.domains["synthetic/boards"]
     assert manifest.domains["synthetic/parts"].subsets == {}
     subset = boards.subsets["rgb+depth"]
@@ -85,7 +85,7 @@ def test_a_subset_is_calibrated_on_its_own_modalities_and_index(
     model, _ = load_checkpoint(tiny_checkpoint)
     data = subset_data(select_domains([source], ["synthetic/boards"]), "synthetic/boards", ("depth", "rgb"))
     refs, _ = threshold_normals(data, options)
-    frozen = _session(load_bundle(subset_bundle).graph("frozen").model)
+    frozen = _session(load_bundle(pair_bundle).graph("frozen").model)
     scores = np.concatenate(
         [
             frozen.run(["image_score"], {"images": batch.images.numpy(), "domain": np.array([subset.index])})[

@@ -78,7 +78,7 @@ def test_domain_input_selects_that_domains_kernels_and_statistics(
         assert np.abs(outputs[0][0] - outputs[1][0]).max() > 10 * PARITY_TOLERANCE, kind
 
 
-@pytest.mark.parametrize("bundle_fixture", ["tiny_bundle", "other_mode_bundle"])
+@pytest.mark.parametrize("bundle_fixture", ["tiny_bundle", "pair_bundle"])
 def test_bundle_graphs_match_torch_for_every_domain(
     bundle_fixture: str, tiny_checkpoint: Path, request: pytest.FixtureRequest
 ) -> None:

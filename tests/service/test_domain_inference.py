@@ -155,8 +155,8 @@ BOARDS = RGB_INFRARED_DEPTH_DOMAIN
 RGB_AND_DEPTH = ("rgb", "depth")
 
 
-def test_a_missing_sensor_is_refused_unless_allowed(subset_bundle: Path, make_client) -> None:
-    client = make_client(subset_bundle)
+def test_a_missing_sensor_is_refused_unless_allowed(pair_bundle: Path, make_client) -> None:
+    client = make_client(pair_bundle)
     files = training_uploads(BOARDS, names=RGB_AND_DEPTH)
     message = _error(client.post("/detect", data={"domain": BOARDS}, files=files), 422, "missing_modality")
     assert "infrared" in message and "allow_missing=true" in message
@@ -165,7 +165,7 @@ def test_a_missing_sensor_is_refused_unless_allowed(subset_bundle: Path, make_cl
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    subset = load_bundle(subset_bundle).manifest.domains[BOARDS].subsets["rgb+depth"]
+    subset = load_bundle(pair_bundle).manifest.domains[BOARDS].subsets["rgb+depth"]
     assert (body["degraded"], body["modalities_used"], body["threshold"]) == (
         True,
         ["rgb", "depth"],
@@ -175,8 +175,8 @@ def test_a_missing_sensor_is_refused_unless_allowed(subset_bundle: Path, make_cl
     assert f'unimmad_degraded_answers_total{{domain="{BOARDS}"}} 1.0' in client.get("/metrics").text
 
 
-def test_the_service_setting_allows_subsets_for_every_request(subset_bundle: Path, make_client) -> None:
-    client = make_client(subset_bundle, allow_missing_modalities=True)
+def test_the_service_setting_allows_subsets_for_every_request(pair_bundle: Path, make_client) -> None:
+    client = make_client(pair_bundle, allow_missing_modalities=True)
     files = training_uploads(BOARDS, names=RGB_AND_DEPTH)
     assert client.post("/detect", data={"domain": BOARDS}, files=files).json()["degraded"] is True
     refused = client.post("/detect", data={"domain": BOARDS, "allow_missing": "false"}, files=files)
@@ -188,8 +188,8 @@ def test_the_service_setting_allows_subsets_for_every_request(subset_bundle: Pat
     )
 
 
-def test_a_subset_without_calibration_is_refused(subset_bundle: Path, make_client) -> None:
-    client = make_client(subset_bundle, allow_missing_modalities=True)
+def test_a_subset_without_calibration_is_refused(pair_bundle: Path, make_client) -> None:
+    client = make_client(pair_bundle, allow_missing_modalities=True)
     files = training_uploads(RGB_DEPTH_DOMAIN, names=("rgb",))
     message = _error(
         client.post("/detect", data={"domain": RGB_DEPTH_DOMAIN}, files=files), 422, "missing_modality"
@@ -201,9 +201,9 @@ def test_a_subset_without_calibration_is_refused(subset_bundle: Path, make_clien
     ("scene", "expected", "degraded"), [(RGB_DEPTH_DOMAIN, RGB_DEPTH_DOMAIN, False), (BOARDS, BOARDS, True)]
 )
 def test_inference_picks_among_domains_and_subsets_with_the_same_modalities(
-    subset_bundle: Path, make_client, scene: str, expected: str, degraded: bool
+    pair_bundle: Path, make_client, scene: str, expected: str, degraded: bool
 ) -> None:
-    client = make_client(subset_bundle, allow_missing_modalities=True, ood_action="flag")
+    client = make_client(pair_bundle, allow_missing_modalities=True, ood_action="flag")
     files = training_uploads(scene, names=RGB_AND_DEPTH)
     body = client.post("/detect", data={"heatmap": "none"}, files=files).json()
     assert (body["domain"], body["degraded"], body["domain_inferred"]) == (expected, degraded, True)
@@ -211,9 +211,9 @@ def test_inference_picks_among_domains_and_subsets_with_the_same_modalities(
     assert body["domain_match"]["distance"] < body["domain_match"]["nearest_other_distance"]
 
 
-def test_a_wrong_domain_is_scored_with_a_warning(subset_bundle: Path, make_client) -> None:
+def test_a_wrong_domain_is_scored_with_a_warning(pair_bundle: Path, make_client) -> None:
     """A mislabelled sample fits another domain: not out of distribution, but the answer says so."""
-    client = make_client(subset_bundle, allow_missing_modalities=True)
+    client = make_client(pair_bundle, allow_missing_modalities=True)
     files = training_uploads(RGB_DEPTH_DOMAIN)
     body = client.post("/detect", data={"domain": BOARDS, "heatmap": "none"}, files=files).json()
     assert (body["domain"], body["degraded"], body["out_of_distribution"]) == (BOARDS, True, False)
@@ -223,9 +223,9 @@ def test_a_wrong_domain_is_scored_with_a_warning(subset_bundle: Path, make_clien
 
 
 def test_domains_list_subsets_and_the_schema_documents_an_optional_domain(
-    subset_bundle: Path, make_client
+    pair_bundle: Path, make_client
 ) -> None:
-    client = make_client(subset_bundle)
+    client = make_client(pair_bundle)
     domains = {d["name"]: d for d in client.get("/domains").json()["domains"]}
     assert domains[BOARDS]["subsets"] == ["rgb+depth"] and domains[BOARDS]["inferable"] is True
     schema = client.get("/openapi.json").json()

@@ -24,12 +24,12 @@ def _argv(bundle: Path, tmp_path: Path) -> list[str]:
 
 
 def test_the_report_covers_every_part_and_rewrites_only_its_section(
-    subset_bundle: Path, tmp_path: Path
+    pair_bundle: Path, tmp_path: Path
 ) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nwritten by someone else\n", encoding="utf-8")
-    assert main(_argv(subset_bundle, tmp_path)) == 0
-    assert main(_argv(subset_bundle, tmp_path)) == 0
+    assert main(_argv(pair_bundle, tmp_path)) == 0
+    assert main(_argv(pair_bundle, tmp_path)) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["known_domains"]["per_domain"]) == {"synthetic/parts", "synthetic/boards"}
     assert report["known_domains"]["samples"] == 4

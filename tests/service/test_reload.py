@@ -31,10 +31,10 @@ def reload_counts(client: TestClient) -> dict[str, float]:
 
 
 def test_reload_swaps_bundles_and_model_shows_the_active_version(
-    other_mode_bundle: Path, tmp_path: Path
+    pair_bundle: Path, tmp_path: Path
 ) -> None:
-    old = copy_bundle(other_mode_bundle, tmp_path / "a")
-    new = copy_bundle(other_mode_bundle, tmp_path / "b")
+    old = copy_bundle(pair_bundle, tmp_path / "a")
+    new = copy_bundle(pair_bundle, tmp_path / "b")
     rewrite_manifest(new, lambda manifest: manifest.update(model_version="v2"))
     with TestClient(create_app(make_settings(old, api_key=KEY))) as client:
         wait_ready(client)
@@ -50,10 +50,10 @@ def test_reload_swaps_bundles_and_model_shows_the_active_version(
 
 
 def test_a_bundle_that_fails_to_load_leaves_the_old_one_serving(
-    other_mode_bundle: Path, tmp_path: Path
+    pair_bundle: Path, tmp_path: Path
 ) -> None:
-    old = copy_bundle(other_mode_bundle, tmp_path / "a")
-    broken = copy_bundle(other_mode_bundle, tmp_path / "broken")
+    old = copy_bundle(pair_bundle, tmp_path / "a")
+    broken = copy_bundle(pair_bundle, tmp_path / "broken")
     with (broken / "model.onnx.data").open("ab") as data:
         data.write(b"corrupt")
     with TestClient(create_app(make_settings(old, api_key=KEY))) as client:
@@ -71,19 +71,19 @@ def test_a_bundle_that_fails_to_load_leaves_the_old_one_serving(
         assert wrong_key.status_code == 401
 
 
-def test_reload_is_disabled_without_an_api_key(other_mode_bundle: Path) -> None:
-    with TestClient(create_app(make_settings(other_mode_bundle))) as client:
+def test_reload_is_disabled_without_an_api_key(pair_bundle: Path) -> None:
+    with TestClient(create_app(make_settings(pair_bundle))) as client:
         wait_ready(client)
         response = client.post("/admin/reload", json={"bundle": "anything"})
     assert response.status_code == 403 and response.json()["error"]["code"] == "admin_disabled"
 
 
 def test_reload_under_load_to_a_bundle_with_an_added_domain(
-    other_mode_bundle: Path, extended_bundle: Path, tmp_path: Path
+    pair_bundle: Path, extended_bundle: Path, tmp_path: Path
 ) -> None:
     """Steady /detect traffic on the old domains while the service swaps to the extended bundle: no request
     fails, the old domains' scores do not move, the added domain answers afterwards."""
-    old = copy_bundle(other_mode_bundle, tmp_path / "old")
+    old = copy_bundle(pair_bundle, tmp_path / "old")
     copy_bundle(extended_bundle, tmp_path / "extended")
     statuses: list[int] = []
     scores: dict[str, set[float]] = {domain: set() for domain in OLD_DOMAINS}
