@@ -182,7 +182,9 @@ def loop_seconds(run: Path) -> float:
     return json.loads((run / "train_state.json").read_text())["progress"]["train_seconds"]
 
 
-def left_out_row(runs: Path, left_out: str, joint_run: Path, walls: dict[str, float | None]) -> dict[str, Any]:
+def left_out_row(
+    runs: Path, left_out: str, joint_run: Path, walls: dict[str, float | None]
+) -> dict[str, Any]:
     new = added_domain(runs, left_out)
     joint = final_metrics(joint_run)
     parent = final_metrics(runs / f"minus_{left_out}")
@@ -250,7 +252,9 @@ def main() -> int:
     parser.add_argument(
         "--joint", type=Path, help="an existing run trained on every domain of the suite (default: train one)"
     )
-    parser.add_argument("--cases", nargs="+", help="run only these left-out cases (default: all, and the table)")
+    parser.add_argument(
+        "--cases", nargs="+", help="run only these left-out cases (default: all, and the table)"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/results/continual_synthetic.json"))
     args = parser.parse_args()
     suite = SUITES[args.suite]

@@ -30,9 +30,7 @@ def reload_counts(client: TestClient) -> dict[str, float]:
     }
 
 
-def test_reload_swaps_bundles_and_model_shows_the_active_version(
-    pair_bundle: Path, tmp_path: Path
-) -> None:
+def test_reload_swaps_bundles_and_model_shows_the_active_version(pair_bundle: Path, tmp_path: Path) -> None:
     old = copy_bundle(pair_bundle, tmp_path / "a")
     new = copy_bundle(pair_bundle, tmp_path / "b")
     rewrite_manifest(new, lambda manifest: manifest.update(model_version="v2"))
@@ -49,9 +47,7 @@ def test_reload_swaps_bundles_and_model_shows_the_active_version(
         assert response.status_code == 200
 
 
-def test_a_bundle_that_fails_to_load_leaves_the_old_one_serving(
-    pair_bundle: Path, tmp_path: Path
-) -> None:
+def test_a_bundle_that_fails_to_load_leaves_the_old_one_serving(pair_bundle: Path, tmp_path: Path) -> None:
     old = copy_bundle(pair_bundle, tmp_path / "a")
     broken = copy_bundle(pair_bundle, tmp_path / "broken")
     with (broken / "model.onnx.data").open("ab") as data:
