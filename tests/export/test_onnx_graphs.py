@@ -9,18 +9,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_fold import mixed_routing, random_routing
 
 from bundle.loader import load_bundle
 from export.build import statistics_from_manifest
 from export.calibration import DEFAULT_ROUTING_MODE, ROUTING_MODES
-from export.fold import kernel_banks
-from export.frozen import OUTPUT_NAMES, DynamicUniMMAD, FrozenUniMMAD
-from export.onnx_graph import OPSET, ExportError, check_graph, export_graph, external_data_files
+from export.frozen import OUTPUT_NAMES
+from export.onnx_graph import OPSET, ExportError, check_graph, external_data_files
 from export.routing import forced_routing, routing_from_manifest, slot_major_pairs
 from model.anomaly_map import NormalStatistics, anomaly_maps
 from model.checkpoint import load_checkpoint
-from model.unimmad import LEVELS, UniMMAD
+from model.unimmad import UniMMAD
 
 PARITY_TOLERANCE = 5e-5
 
@@ -42,60 +40,38 @@ def torch_maps(
     ]
 
 
-def random_statistics(domains: int, slots: int, generator: torch.Generator) -> NormalStatistics:
-    """Plausible per-domain statistics [D, slots, L]: locations around 0.5, scales around 0.1."""
-    shape = (domains, slots, LEVELS)
-    return NormalStatistics(
-        0.5 + 0.2 * torch.rand(shape, generator=generator),
-        0.05 + 0.1 * torch.rand(shape, generator=generator),
-    )
-
-
-def test_domain_input_selects_that_domains_kernels_and_statistics(
-    tiny_export_model: UniMMAD, tmp_path: Path
-) -> None:
-    generator = torch.Generator().manual_seed(11)
-    routings = [random_routing(2, 6, generator), mixed_routing(2, 6, generator)]
-    bank = random_statistics(2, tiny_export_model.config.max_modalities, generator)
-    graphs = {
-        "frozen": FrozenUniMMAD(tiny_export_model, kernel_banks(tiny_export_model, routings), bank),
-        "dynamic": DynamicUniMMAD(tiny_export_model, bank),
-    }
-    images = torch.randn(3, 2, 3, 64, 64, generator=generator)
-    for kind, module in graphs.items():
-        path = tmp_path / f"{kind}.onnx"
-        export_graph(module, (torch.zeros(2, 2, 3, 64, 64), torch.tensor([0])), path)
-        session = check_graph(path)
-        outputs = []
-        for domain, routing in enumerate(routings):
-            statistics = NormalStatistics(bank.location[domain], bank.scale[domain])
-            want = torch_maps(tiny_export_model, images, statistics, routing if kind == "frozen" else None)
-            got = session.run(list(OUTPUT_NAMES), {"images": images.numpy(), "domain": np.array([domain])})
-            for name, value, expected in zip(OUTPUT_NAMES, got, want):
-                assert np.abs(value - expected).max() <= PARITY_TOLERANCE, (kind, name)
-            outputs.append(got)
-        # The two domains' maps are told apart far beyond the parity tolerance.
-        assert np.abs(outputs[0][0] - outputs[1][0]).max() > 10 * PARITY_TOLERANCE, kind
-
-
 @pytest.mark.parametrize("bundle_fixture", ["tiny_bundle", "pair_bundle"])
-def test_bundle_graphs_match_torch_for_every_domain(
+def test_bundle_graphs_match_torch_for_every_calibrated_set(
     bundle_fixture: str, tiny_checkpoint: Path, request: pytest.FixtureRequest
 ) -> None:
+    """Every domain and subset, in both graphs, matches torch with that set's routing and statistics; and
+    the `domain` input selects them: sets fed the same images answer differently."""
     bundle = load_bundle(request.getfixturevalue(bundle_fixture))
-    (mode,) = {spec.routing.mode for spec in bundle.manifest.domains.values()}
+    manifest = bundle.manifest
+    (mode,) = {spec.routing.mode for spec in manifest.domains.values()}
     assert mode in ROUTING_MODES and (mode == DEFAULT_ROUTING_MODE) == (bundle_fixture == "tiny_bundle")
     model, _ = load_checkpoint(tiny_checkpoint)
     frozen = check_graph(bundle.graph("frozen").model)
     dynamic = check_graph(bundle.graph("dynamic").model)
     generator = torch.Generator().manual_seed(5)
-    for spec in bundle.manifest.domains.values():
-        images = torch.randn(2, len(spec.modalities), 3, 64, 64, generator=generator)
+    images_by_slots: dict[int, torch.Tensor] = {}
+    fused_by_slots: dict[int, list[np.ndarray]] = {}
+    served = [
+        view
+        for domain in manifest.domains.values()
+        for view in (domain, *map(domain.subset_view, domain.subsets))
+    ]
+    for spec in served:
+        slots = len(spec.modalities)
+        if slots not in images_by_slots:
+            images_by_slots[slots] = torch.randn(2, slots, 3, 64, 64, generator=generator)
+        images = images_by_slots[slots]
         routing = routing_from_manifest(spec, model.config)
         statistics = statistics_from_manifest(spec)
         feeds = {"images": images.numpy(), "domain": np.array([spec.index])}
         got_frozen = frozen.run(list(OUTPUT_NAMES), feeds)
         got_dynamic = dynamic.run(list(OUTPUT_NAMES), feeds)
+        fused_by_slots.setdefault(slots, []).append(got_frozen[0])
         for name, ort_frozen, ort_dynamic, want_frozen, want_dynamic in zip(
             OUTPUT_NAMES,
             got_frozen,
@@ -106,6 +82,11 @@ def test_bundle_graphs_match_torch_for_every_domain(
             assert ort_frozen.shape == want_frozen.shape
             assert np.abs(ort_frozen - want_frozen).max() <= PARITY_TOLERANCE, name
             assert np.abs(ort_dynamic - want_dynamic).max() <= PARITY_TOLERANCE, name
+    shared = [maps for maps in fused_by_slots.values() if len(maps) > 1]
+    # pair_bundle: parts (index 0) and boards:rgb+depth (index 2) both take two modalities.
+    assert bool(shared) == (bundle_fixture == "pair_bundle")
+    for first, second in shared:
+        assert np.abs(first - second).max() > 10 * PARITY_TOLERANCE
 
 
 def test_bundle_graphs_declare_the_design_io(tiny_bundle: Path) -> None:
