@@ -242,7 +242,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -262,7 +262,7 @@ def main() -> int:
         help="skip exporting the parent bundle and extending it with add-domain",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/results/continual_synthetic.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     suite = SUITES[args.suite]
     known = {case.name for case in suite.cases}
     if unknown := set(args.cases or ()) - known:
