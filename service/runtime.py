@@ -65,12 +65,24 @@ class Runtime:
         size = self.bundle.manifest.input_size
         await self.engine.run_async(np.zeros((batch, count, 3, size, size), dtype=np.float32), index)
 
+    def signature_warmup_counts(self) -> list[int]:
+        """The modality counts a request without a domain can send to the signature graph (one sample per
+        run: that pass is per request); none without a signature graph."""
+        if self.engine.signature_session is None:
+            return []
+        return sorted({len(served.spec.modalities) for served in self.engine.sets.values()})
+
     async def warm_up(self) -> None:
-        """Run every input shape once (arena allocation, kernel selection), then report ready."""
+        """Run every input shape once (arena allocation, kernel selection), the signature graph's too, so
+        that neither the first request nor the first request without a domain pays for it; then report
+        ready."""
         started = time.perf_counter()
         shapes = self.warmup_shapes()
         for shape in shapes:
             await self._run_zeros(*shape)
+        size = self.bundle.manifest.input_size
+        for count in self.signature_warmup_counts():
+            await self.engine.signatures_async(np.zeros((1, count, 3, size, size), dtype=np.float32))
         self.ready.set()
         log.info(
             "warm-up done", extra={"shapes": len(shapes), "seconds": round(time.perf_counter() - started, 3)}

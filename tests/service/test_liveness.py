@@ -79,6 +79,20 @@ def test_a_failed_warm_up_is_fatal(tiny_bundle: Path) -> None:
         assert client.get("/readyz").status_code == 503
 
 
+def test_warm_up_runs_the_signature_graph_so_a_broken_one_is_fatal_at_start(tiny_bundle: Path) -> None:
+    settings = make_settings(tiny_bundle)
+    engine = load_engine(settings)
+    engine.signatures = _device_lost
+    reasons: list[str] = []
+    with TestClient(create_app(settings, engine=engine, on_fatal=reasons.append)) as client:
+        deadline = time.monotonic() + 10
+        while not reasons:
+            assert time.monotonic() < deadline, "the signature graph was not warmed up"
+            time.sleep(0.01)
+        assert reasons == ["warm-up failed: CUDA failure 2: out of memory"]
+        assert client.app.state.runtime.signature_warmup_counts() == [1, 2, 3, 4]  # tiles .. brain
+
+
 @pytest.mark.slow
 def test_cli_exits_with_one_line_when_warm_up_fails(tiny_bundle: Path, tmp_path: Path) -> None:
     """A manifest whose input size disagrees with its graphs loads, then fails the first run."""
