@@ -21,12 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from model.config import preset
-from model.data import SyntheticConfig, parse_data_spec
+from benchmarks.lite_steps import LiteSteps
 from model.data.loader import DomainBalancedSampler, MultiDomainDataset, collate
-from model.losses import unimmad_loss
-from model.prior_cache import PriorCache
-from model.unimmad import UniMMAD
 
 TABLE_ROWS = 30
 
@@ -54,29 +50,14 @@ def main() -> int:
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
 
-    config = preset("lite")
-    torch.manual_seed(0)
-    model = UniMMAD(config).train()
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
-    sources = parse_data_spec("synthetic", synthetic=SyntheticConfig(size=config.image_size))
-    dataset = MultiDomainDataset(sources, "train", config.image_size, mean=config.mean, std=config.std)
-    batches, load_seconds = load_batches(dataset, args.batch_size, args.steps + 1)
-    cache = PriorCache(model)
+    bench = LiteSteps.build()
+    config = bench.config
+    batches, load_seconds = load_batches(bench.dataset, args.batch_size, args.steps + 1)
 
     def step(batch: dict) -> float:
-        started = time.perf_counter()
-        count = batch["modality_count"]
-        priors = cache.priors(batch["images"], count, list(zip(batch["domains"], batch["ids"])))
-        output = model(batch["images"], count, priors=priors, kernel_mode=args.kernel_mode)
-        terms = unimmad_loss(output, config, 0, batch["loss_weight"])
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        optimizer.step()
-        terms.total.item()
-        return time.perf_counter() - started
+        return bench.step(batch, kernel_mode=args.kernel_mode)
 
-    for batch in batches:  # warm the prior cache
-        cache.priors(batch["images"], batch["modality_count"], list(zip(batch["domains"], batch["ids"])))
+    bench.warm_cache(batches)
     step(batches[0])
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         step_seconds = [step(batch) for batch in batches[1:]]

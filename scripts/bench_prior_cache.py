@@ -11,19 +11,14 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from model.config import preset
-from model.data import SyntheticConfig, parse_data_spec
-from model.data.loader import MultiDomainDataset, collate
-from model.losses import unimmad_loss
-from model.prior_cache import PriorCache
-from model.unimmad import UniMMAD
+from benchmarks.lite_steps import LiteSteps
+from model.data.loader import collate
 
 
 def main() -> int:
@@ -36,12 +31,8 @@ def main() -> int:
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
 
-    config = preset("lite")
-    torch.manual_seed(0)
-    model = UniMMAD(config).train()
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=config.lr)
-    sources = parse_data_spec("synthetic", synthetic=SyntheticConfig(size=config.image_size))
-    dataset = MultiDomainDataset(sources, "train", config.image_size, mean=config.mean, std=config.std)
+    bench = LiteSteps.build()
+    dataset = bench.dataset
     # Domains round-robin, so the batches hold 1 to 4 modalities like the unified run.
     by_domain: dict[str, list[int]] = {}
     for index, item in enumerate(dataset.items):
@@ -56,28 +47,12 @@ def main() -> int:
         collate([dataset[i] for i in order[start : start + args.batch_size]])
         for start in range(0, needed, args.batch_size)
     ]
-    cache = PriorCache(model)
-
-    def step(batch: dict, cached: bool) -> float:
-        started = time.perf_counter()
-        count = batch["modality_count"]
-        keys = list(zip(batch["domains"], batch["ids"]))
-        priors = cache.priors(batch["images"], count, keys) if cached else None
-        terms = unimmad_loss(model(batch["images"], count, priors=priors), config, 0.0, batch["loss_weight"])
-        optimizer.zero_grad()
-        terms.total.backward()
-        optimizer.step()
-        return time.perf_counter() - started
-
     timings = {}
     for mode, cached in (("uncached", False), ("cached", True)):
         if cached:
-            for batch in batches:  # warm the cache: a later epoch only reads it
-                cache.priors(
-                    batch["images"], batch["modality_count"], list(zip(batch["domains"], batch["ids"]))
-                )
-        step(batches[0], cached)
-        timings[mode] = statistics.median(step(batch, cached) for batch in batches[1:])
+            bench.warm_cache(batches)
+        bench.step(batches[0], cached)
+        timings[mode] = statistics.median(bench.step(batch, cached) for batch in batches[1:])
     print(
         json.dumps(
             {
