@@ -214,6 +214,12 @@ ColourRange = Annotated[
 ]
 
 
+def _check_paired(values: list[float], scales: list[float], what: str) -> None:
+    """A location-and-scale pair of lists must be equally long (one scale per value)."""
+    if len(values) != len(scales):
+        raise ValueError(f"{len(values)} {what} but {len(scales)} scales")
+
+
 class LevelStatistics(_Strict):
     """Location and scale (mean and standard deviation) of one modality's normal distance, per level."""
 
@@ -222,8 +228,7 @@ class LevelStatistics(_Strict):
 
     @model_validator(mode="after")
     def _same_levels(self) -> LevelStatistics:
-        if len(self.location) != len(self.scale):
-            raise ValueError(f"{len(self.location)} locations but {len(self.scale)} scales")
+        _check_paired(self.location, self.scale, "locations")
         return self
 
 
@@ -294,8 +299,7 @@ class ModalitySignature(_Strict):
 
     @model_validator(mode="after")
     def _same_features(self) -> ModalitySignature:
-        if len(self.mean) != len(self.scale):
-            raise ValueError(f"{len(self.mean)} means but {len(self.scale)} scales")
+        _check_paired(self.mean, self.scale, "means")
         return self
 
 
