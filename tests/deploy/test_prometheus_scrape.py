@@ -40,6 +40,19 @@ def scrape_config_for(target: str) -> dict:
     }
 
 
+def wait_until_ready(base_url: str, prometheus: subprocess.Popen, log: Path, deadline: float) -> None:
+    """Prometheus answers 503 "Service Unavailable" to queries until its TSDB has opened."""
+    while time.monotonic() < deadline:
+        assert prometheus.poll() is None, log.read_text()[-2000:]
+        try:
+            if httpx.get(f"{base_url}/-/ready", timeout=5.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"Prometheus not ready after {WAIT_S} s: {log.read_text()[-2000:]}")
+
+
 def query(base_url: str, promql: str) -> list[dict]:
     answer = httpx.get(f"{base_url}/api/v1/query", params={"query": promql}, timeout=5.0).json()
     assert answer["status"] == "success", answer
@@ -78,6 +91,7 @@ def test_prometheus_scrapes_request_counts_from_the_live_service(served, tmp_pat
     try:
         promql = 'sum(unimmad_request_duration_seconds_count{job="unimmad", route="/detect", status="200"})'
         deadline = time.monotonic() + WAIT_S
+        wait_until_ready(prometheus_url, prometheus, tmp_path / "prometheus.log", deadline)
         count = 0.0
         while time.monotonic() < deadline and count < DETECT_CALLS:
             assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
