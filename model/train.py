@@ -68,7 +68,9 @@ class TrainOptions:
     lr: float | None = None
     seed: int = 0
     resume: bool = False
-    eval_every: int = 10
+    # Epochs between evaluations on the test split (each also runs at the end); 0 = never,
+    # None = at the end only.
+    eval_every: int | None = 10
     holdout_fraction: float = 0.1
     max_minutes: float | None = None
     device: str = "cpu"
@@ -88,7 +90,7 @@ class TrainOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
-        if self.eval_every < 0 or self.workers < 0:
+        if (self.eval_every is not None and self.eval_every < 0) or self.workers < 0:
             raise ValueError("--eval-every and --workers must be >= 0")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"--holdout-fraction must be within [0, 1), got {self.holdout_fraction}")
@@ -434,8 +436,8 @@ def fit(run: TrainingRun, options: TrainOptions, started: float) -> TrainResult:
         checkpoint()
         (Path(options.out) / ROUTING_FILE).write_text(json.dumps(routing, indent=2) + "\n")
         if (
-            options.eval_every
-            and (progress["epoch"] % options.eval_every == 0 or schedule_done)
+            options.eval_every != 0
+            and (schedule_done or (options.eval_every and progress["epoch"] % options.eval_every == 0))
             and (progress["batches_done"] == 0 or schedule_done)
         ):
             report = evaluate_model(

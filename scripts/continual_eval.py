@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-FINAL_EVALUATION_ONLY = 100_000  # epochs: `--eval-every` this large evaluates at the end of the run only
 SHARED_DATA = "synthetic,shared:magnetic_tile,shared:mvtec3d_tire,shared:mulsen:button_cell+capsule"
 
 
@@ -287,9 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         adapted = f"adapt_{case.name}"
         adapt_argv = ["adapt", "--checkpoint", str(parent), "--data", case.new_data]
         adapt_argv += ["--out", str(args.runs / adapted), "--max-minutes", str(args.adapt_minutes)]
-        # The final evaluation only: a small new domain's epochs are short, and an evaluation of every
-        # domain every 10 of them would eat most of a short budget.
-        adapt_argv += ["--eval-every", str(FINAL_EVALUATION_ONLY)]
         walls[adapted] = run_once(args.runs, adapted, adapt_argv)["wall_s"]
     if args.cases is not None:
         return 0  # a partial run trains only; the table comes from a run over every case

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of sampling, holdout and replay (default: 0)"
     )
-    add_run_arguments(parser, "new domain")
+    # A new domain's epochs are short: evaluating every domain every 10 of them eats a short budget.
+    add_run_arguments(parser, "new domain", eval_every="end")
     parser.add_argument("--prior-weights", help="where the parent's prior weights file lives now")
     return parser
 

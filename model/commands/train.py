@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of initialisation, sampling and holdout (default: 0)"
     )
-    add_run_arguments(parser, "domain")
+    add_run_arguments(parser, "domain", eval_every="10")
     parser.add_argument("--prior-weights", help="weights file of the frozen prior (default: the preset's)")
     parser.add_argument("--no-prior-cache", action="store_true", help="recompute the frozen prior every step")
     parser.add_argument(
@@ -79,15 +79,26 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, holdout_of: str) -> None:
+def evaluation_cadence(text: str) -> int | None:
+    """``--eval-every``: a number of epochs, or ``end`` (None) for the final evaluation only."""
+    if text == "end":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or 'end', got {text!r}") from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, holdout_of: str, eval_every: str) -> None:
     """The options `train` and `adapt` share: resume, evaluation cadence, holdout, budget, device."""
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument(
         "--eval-every",
-        type=int,
-        default=10,
-        metavar="EPOCHS",
-        help="evaluate on the test split every N epochs and at the end; 0 = never (default: 10)",
+        type=evaluation_cadence,
+        default=evaluation_cadence(eval_every),
+        metavar="EPOCHS|end",
+        help="evaluate on the test split every N epochs and at the end; end = at the end only; 0 = never "
+        f"(default: {eval_every})",
     )
     parser.add_argument(
         "--holdout-fraction",

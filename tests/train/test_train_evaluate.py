@@ -160,3 +160,32 @@ def test_a_run_ends_annealed_and_reports_routing_health_per_gate_and_domain(
             assert 1 / tiny_config.leaders <= stats["top_probability"] <= 1
             assert 0 <= stats["entropy"] <= 1 and 1 <= stats["leaders_used"] <= tiny_config.leaders
     assert set(last["routing"]) == {"top_probability", "entropy", "leaders_used", "domain_divergence"}
+
+
+def test_eval_every_end_evaluates_only_when_the_schedule_is_done(
+    tiny_config, tiny_synthetic, tmp_path
+) -> None:
+    options = TrainOptions(data=SPEC, out=tmp_path, eval_every=None, holdout_fraction=0.2)
+    result = train(options, tiny_config, tiny_synthetic, allow_random_prior=True)
+    assert result.finished and result.epochs_done == 2
+    assert sorted(path.name for path in (tmp_path / "eval").glob("*.json")) == ["step_000008.json"]
+
+
+@pytest.mark.parametrize(
+    ("command", "given", "expected"),
+    [("train", None, 10), ("adapt", None, None), ("adapt", "3", 3), ("train", "end", None)],
+)
+def test_eval_every_defaults_and_parses_end(command, given, expected) -> None:
+    from model.__main__ import build_parser
+
+    argv = [command, "--data", "synthetic", "--out", "runs/x"]
+    argv += ["--checkpoint", "runs/parent"] if command == "adapt" else []
+    argv += ["--eval-every", given] if given is not None else []
+    assert build_parser().parse_args(argv).eval_every == expected
+
+
+def test_eval_every_rejects_a_word_other_than_end(capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--data", "synthetic", "--out", "runs/x", "--eval-every", "often"])
+    assert stopped.value.code == 2
+    assert "expected a number of epochs or 'end'" in capsys.readouterr().err
