@@ -6,7 +6,13 @@
 Runs `model.evaluate.evaluate_model` once per fusion of FUSIONS (the fusion is the only thing changed) and
 writes, per fusion and domain: image AUROC, pixel AUROC, AUPRO, each modality's own image AUROC, the image
 AUROC per defect group (synthetic data: which modality shows the defect) and the false-positive rate the
-validation threshold reaches on the test normals.
+validation threshold reaches on the test normals; MulSen domains also without their blank-depth samples.
+
+With "calibrated_max" among the fusions it adds one fusion computed after the fact, at the image level only:
+each modality's image score standardised by the mean and standard deviation of its own image scores on the
+domain's held-out normals, then the maximum over modalities (the score-level fusion of the PatchCore
+baseline in ../shared/design/BASELINES.md). It tells whether a sensor whose normal images vary little is
+drowned by a noisier one at the image level, which per-pixel calibration does not address.
 """
 
 from __future__ import annotations
@@ -17,8 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 FUSIONS = ("code", "paper", "calibrated_max", "calibrated_mean")
 FUSED = "fused"
+SCORE_STANDARDISED = "calibrated_max+score_standardised"
+# Floor of a modality's normal image-score spread (in the calibrated maps' units): a modality whose few
+# held-out normals happen to score alike must not dominate the maximum.
+MIN_SCORE_STD = 0.05
 
 
 def domain_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +48,38 @@ def domain_summary(report: dict[str, Any]) -> dict[str, Any]:
         },
         "false_positive_rate": report["decision"]["false_positive_rate"],
         "target_fpr": report["decision"]["target_fpr"],
+    } | without_blank_depth(report)
+
+
+def without_blank_depth(report: dict[str, Any]) -> dict[str, Any]:
+    """Image AUROC of the fused score and of each modality without the blank-depth samples, where any."""
+    kept = report.get("without_blank_depth")
+    if kept is None:
+        return {}
+    return {
+        "without_blank_depth": {
+            name: kept["metrics"][name]["image_auroc"] for name in (FUSED, *report["modalities"])
+        }
     }
+
+
+def score_standardised(report: dict[str, Any]) -> dict[str, Any]:
+    """Image AUROC of the maximum over modalities of each modality's image score standardised by its
+    held-out normals' image scores (from a calibrated_max report's per-sample modality scores)."""
+    from model.metrics import auroc
+
+    validation = report["decision"]["validation"]
+    mean = np.asarray(validation["modality_score_mean"])
+    std = np.maximum(np.asarray(validation["modality_score_std"]), MIN_SCORE_STD)
+    entries = report["scores"]
+    labels = np.array([entry["label"] for entry in entries])
+    scores = np.array([[entry["modality_scores"][name] for name in report["modalities"]] for entry in entries])
+    fused = ((scores - mean) / std).max(axis=1)
+    result: dict[str, Any] = {"image_auroc": auroc(fused, labels)}
+    blank = np.array([entry.get("blank_depth", False) for entry in entries])
+    if blank.any():
+        result["without_blank_depth"] = {FUSED: auroc(fused[~blank], labels[~blank])}
+    return result
 
 
 def ablation(checkpoint: Path, data: str | None, batch_size: int, fusions: tuple[str, ...]) -> dict[str, Any]:
@@ -60,6 +103,10 @@ def ablation(checkpoint: Path, data: str | None, batch_size: int, fusions: tuple
             holdout=RecordedHoldout.from_run_config(run_config),
         )
         results[fusion] = {name: domain_summary(domain) for name, domain in report["domains"].items()}
+        if fusion == "calibrated_max":
+            results[SCORE_STANDARDISED] = {
+                name: score_standardised(domain) for name, domain in report["domains"].items()
+            }
     return {
         "checkpoint": str(checkpoint),
         "data": spec,

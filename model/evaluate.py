@@ -102,6 +102,9 @@ class Validation:
     threshold: float
     target_fpr: float
     score_range: tuple[float, float]
+    # Each modality's own image score on these normals [M]: what a score-level fusion would standardise by.
+    modality_score_mean: tuple[float, ...]
+    modality_score_std: tuple[float, ...]
 
     def report(self, test_labels: np.ndarray, test_scores: np.ndarray) -> dict[str, Any]:
         """The decision entry of a domain report: threshold, its split, and the rates it reaches on test."""
@@ -109,7 +112,12 @@ class Validation:
         return {
             "threshold": self.threshold,
             "score_range": list(self.score_range),
-            "validation": {"split": self.split, "normal_images": self.images},
+            "validation": {
+                "split": self.split,
+                "normal_images": self.images,
+                "modality_score_mean": list(self.modality_score_mean),
+                "modality_score_std": list(self.modality_score_std),
+            },
             "target_fpr": self.target_fpr,
             "false_positive_rate": float((normal > self.threshold).mean()) if normal.size else None,
             "true_positive_rate": float((defective > self.threshold).mean()) if defective.size else None,
@@ -162,15 +170,22 @@ def fit_validation(
                     model, normal_image_batches(train, indices, batch_size, device)
                 )
             batched = None if statistics is None else statistics.as_batch()
-            scores = np.concatenate(
-                [
-                    anomaly_maps(model(images), config, batched).image_score.float().cpu().numpy()
-                    for images in normal_image_batches(train, indices, batch_size, device)
-                ]
-            )
+            maps = [
+                anomaly_maps(model(images), config, batched)
+                for images in normal_image_batches(train, indices, batch_size, device)
+            ]
+            scores = np.concatenate([batch.image_score.float().cpu().numpy() for batch in maps])
+            modality_scores = np.concatenate([batch.modality_scores.float().cpu().numpy() for batch in maps])
             threshold = quantile_threshold(scores, target_fpr)
             fitted[name] = Validation(
-                split, len(refs), statistics, threshold, target_fpr, score_range(scores, threshold)
+                split,
+                len(refs),
+                statistics,
+                threshold,
+                target_fpr,
+                score_range(scores, threshold),
+                tuple(modality_scores.mean(axis=0).tolist()),
+                tuple(modality_scores.std(axis=0).tolist()),
             )
     finally:
         model.train(was_training)
@@ -284,8 +299,17 @@ def domain_report(result: DomainOutputs, validation: Validation) -> dict[str, An
         "metrics": metric_rows(arrays, names),
         "decision": validation.report(arrays["labels"], arrays["scores"]),
         "scores": [
-            {"id": sample_id, "label": label, "score": score, "normalized_score": float(value)}
-            for sample_id, label, score, value in zip(result.ids, result.labels, result.scores, normalized)
+            {
+                "id": sample_id,
+                "label": label,
+                "score": score,
+                "normalized_score": float(value),
+                "modality_scores": dict(zip(names, per_modality.tolist())),
+            }
+            | ({"blank_depth": bool(meta["blank_depth"])} if "blank_depth" in meta else {})
+            for sample_id, label, score, value, per_modality, meta in zip(
+                result.ids, result.labels, result.scores, normalized, result.modality_scores, result.meta
+            )
         ],
     }
     defect_groups = by_defect_modality(result, arrays)

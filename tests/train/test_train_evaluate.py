@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.__main__ import main
@@ -189,3 +190,25 @@ def test_eval_every_rejects_a_word_other_than_end(capsys) -> None:
         main(["train", "--data", "synthetic", "--out", "runs/x", "--eval-every", "often"])
     assert stopped.value.code == 2
     assert "expected a number of epochs or 'end'" in capsys.readouterr().err
+
+
+def test_report_gives_each_sample_its_modality_scores_and_the_normals_they_compare_with(
+    finished_run, tiny_synthetic
+) -> None:
+    from model.checkpoint import load_checkpoint
+    from model.data import parse_data_spec
+    from model.evaluate import evaluate_model
+    from model.metrics import auroc
+
+    model, _ = load_checkpoint(finished_run[0])
+    report = evaluate_model(
+        model, parse_data_spec(SPEC, synthetic=tiny_synthetic), batch_size=3, domains=["synthetic/boards"]
+    )
+    boards = report["domains"]["synthetic/boards"]
+    labels = np.array([entry["label"] for entry in boards["scores"]])
+    for name in boards["modalities"]:  # a modality's AUROC follows from the per-sample scores reported
+        scores = np.array([entry["modality_scores"][name] for entry in boards["scores"]])
+        assert auroc(scores, labels) == pytest.approx(boards["metrics"][name]["image_auroc"])
+    validation = boards["decision"]["validation"]
+    assert len(validation["modality_score_mean"]) == len(validation["modality_score_std"]) == 3
+    assert all(std >= 0 for std in validation["modality_score_std"])
