@@ -70,8 +70,13 @@ def render(
             f"{sum(d['holdout_samples'] for d in config['data']['domains'])} normal samples held out for calibration)"
         ),
         (
-            f"- preset `{training['preset']}`, batch {training['batch_size']}, Adam lr {training['lr']} with warm-up "
-            f"and a cosine sized to the run (at most {training['epochs']} epochs), seed "
+            f"- preset `{training['preset']}`, batch {training['batch_size']}, Adam lr {training['lr']}, "
+            + (
+                f"a linear warm-up over {100 * training['warmup_fraction']:g} % of the steps, then "
+                if training.get("warmup_fraction")
+                else "no warm-up, "
+            )
+            + f"a cosine sized to the run (at most {training['epochs']} epochs), seed "
             f"{config['training']['seed']}, {config['training']['precision']} on CPU"
         ),
         f"- trained {progress['step']} steps = {progress['epoch']} full epochs"
@@ -208,12 +213,12 @@ def render(
         "## Commands",
         "",
         "```",
-        "scripts/train_unified.sh runs/unified_lite      # train (budget), evaluate, benchmark, write this section",
-        ".venv/bin/python scripts/bench_prior_cache.py --steps 5 > runs/unified_lite/bench_prior_cache.json",
-        f".venv/bin/python scripts/write_results.py {run} --bench runs/unified_lite/bench_prior_cache.json",
+        f"MAX_MINUTES=65 scripts/train_unified.sh {run}      # train (budget), evaluate, benchmark, write this section",
+        f".venv/bin/python scripts/bench_prior_cache.py --steps 5 > {run}/bench_prior_cache.json",
+        f".venv/bin/python scripts/write_results.py {run} --bench {run}/bench_prior_cache.json",
         "```",
         "",
-        "Heatmap overlays: `runs/unified_lite/evaluation/heatmaps/` (not committed).",
+        f"Heatmap overlays: `{run}/evaluation/heatmaps/` (not committed).",
         "",
     ]
     return "\n".join(lines)
