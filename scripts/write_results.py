@@ -202,7 +202,7 @@ def render(
     if bench:
         lines.append(
             f"- controlled benchmark (`scripts/bench_prior_cache.py`, lite, batch {bench['batch_size']}, "
-            f"synthetic domains, {bench['threads']} threads, median of {bench['steps']} steps): "
+            f"synthetic domains, {bench['threads']} thread{'s' if bench['threads'] != 1 else ''}, median of {bench['steps']} steps): "
             f"{bench['seconds_per_step_uncached']:.3f} s/step recomputing the prior, "
             f"{bench['seconds_per_step_cached']:.3f} s/step from the cache = {bench['speedup']:.2f}x"
         )
