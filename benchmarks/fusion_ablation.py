@@ -73,7 +73,9 @@ def score_standardised(report: dict[str, Any]) -> dict[str, Any]:
     std = np.maximum(np.asarray(validation["modality_score_std"]), MIN_SCORE_STD)
     entries = report["scores"]
     labels = np.array([entry["label"] for entry in entries])
-    scores = np.array([[entry["modality_scores"][name] for name in report["modalities"]] for entry in entries])
+    scores = np.array(
+        [[entry["modality_scores"][name] for name in report["modalities"]] for entry in entries]
+    )
     fused = ((scores - mean) / std).max(axis=1)
     result: dict[str, Any] = {"image_auroc": auroc(fused, labels)}
     blank = np.array([entry.get("blank_depth", False) for entry in entries])

@@ -34,11 +34,13 @@ class DomainData:
 
 @dataclass(frozen=True)
 class Batch:
-    """images float32 [B, M, 3, S, S], masks bool [B, S, S] (False without a pixel mask), labels int64 [B]."""
+    """images float32 [B, M, 3, S, S], masks bool [B, S, S] (False without a pixel mask), labels int64 [B],
+    blank_depth bool [B] (the adapter flagged the sample's depth image as blank: MulSen's render artifact)."""
 
     images: Tensor
     masks: np.ndarray
     labels: np.ndarray
+    blank_depth: np.ndarray
 
 
 def select_domains(sources: Sequence[Source], names: Sequence[str] | None) -> list[DomainData]:
@@ -78,7 +80,12 @@ def batches(
                 for s in samples
             ]
         )
-        yield Batch(torch.from_numpy(images), masks, np.array([s.label for s in samples], dtype=np.int64))
+        yield Batch(
+            torch.from_numpy(images),
+            masks,
+            np.array([s.label for s in samples], dtype=np.int64),
+            np.array([bool(s.meta.get("blank_depth", False)) for s in samples]),
+        )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ Report (JSON):
 - per domain, on the test split: image and pixel AUROC with per-sample routing (torch) and frozen routing
   (the frozen ONNX graph), their difference and whether it is within the goal (IMAGE_AUROC_GOAL /
   PIXEL_AUROC_GOAL); and the false-positive rate the serving graph's threshold reaches on the test
-  normals next to the target it was set for on the validation split;
+  normals next to the target it was set for on the validation split; where some test samples have a
+  blank depth image (MulSen's render artifact), both AUROCs again without them (`without_blank_depth`);
 - per domain, on the validation split (the held-out normals the thresholds come from): how closely the
   frozen graph follows the dynamic one (export.fallback.validation_agreement), which is what
   `--fallback` decides on. The test figures never choose anything.
@@ -65,6 +66,25 @@ def auroc_entry(per_sample: float | None, frozen: float | None, goal: float) -> 
         "frozen": frozen,
         "difference": difference,
         "within_goal": None if difference is None else difference <= goal + _BUDGET_SLACK,
+    }
+
+
+def auroc_entries(values: dict[str, np.ndarray], image_goal: float, pixel_goal: float) -> dict[str, Any]:
+    """Image and pixel AUROC entries, per-sample vs frozen routing, of collected test `values` (labels [N],
+    masks [N, S, S], ps_/fz_score [N], ps_/fz_map [N, S, S]); pixel entries are None without any mask."""
+    masks = values["masks"].ravel()
+    pixel = (
+        (auroc(values["ps_map"].ravel(), masks), auroc(values["fz_map"].ravel(), masks))
+        if masks.any()
+        else (None, None)
+    )
+    return {
+        "image_auroc": auroc_entry(
+            auroc(values["ps_score"], values["labels"]),
+            auroc(values["fz_score"], values["labels"]),
+            image_goal,
+        ),
+        "pixel_auroc": auroc_entry(*pixel, pixel_goal),
     }
 
 
@@ -152,7 +172,17 @@ def verify(
         domain = torch.tensor([spec.index])
         refs = data.test_refs()
         collected: dict[str, list[np.ndarray]] = {
-            key: [] for key in ("labels", "masks", "ps_score", "ps_map", "fz_score", "fz_map", "dy_score")
+            key: []
+            for key in (
+                "labels",
+                "masks",
+                "blank_depth",
+                "ps_score",
+                "ps_map",
+                "fz_score",
+                "fz_map",
+                "dy_score",
+            )
         }
         for batch in batches(data, refs, model.config, batch_size):
             images = batch.images
@@ -175,6 +205,7 @@ def verify(
                 ort_diff["dynamic"][name] = _max_diff(ort_diff["dynamic"][name], got_dynamic, want_dynamic)
             collected["labels"].append(batch.labels)
             collected["masks"].append(batch.masks)
+            collected["blank_depth"].append(batch.blank_depth)
             collected["ps_score"].append(per_sample.image_score.numpy())
             collected["ps_map"].append(per_sample.fused.numpy())
             collected["fz_score"].append(frozen_ort[2])
@@ -189,30 +220,23 @@ def verify(
             report_domains[data.name] = {"test_samples": 0, "validation": validation}
             continue
         values = {key: np.concatenate(parts) for key, parts in collected.items()}
-        has_masks = bool(values["masks"].any())
-        pixel = (
-            (
-                auroc(values["ps_map"].ravel(), values["masks"].ravel()),
-                auroc(values["fz_map"].ravel(), values["masks"].ravel()),
-            )
-            if has_masks
-            else (None, None)
-        )
         report_domains[data.name] = {
             "test_samples": len(refs),
             "routing_mode": spec.routing.mode,
             "routing_agreement": spec.routing.agreement,
-            "image_auroc": auroc_entry(
-                auroc(values["ps_score"], values["labels"]),
-                auroc(values["fz_score"], values["labels"]),
-                image_goal,
-            ),
-            "pixel_auroc": auroc_entry(*pixel, pixel_goal),
+            **auroc_entries(values, image_goal, pixel_goal),
             "false_positive_rate": false_positive_rate(
                 spec, values["fz_score" if spec.graph == "frozen" else "dy_score"][values["labels"] == 0]
             ),
             "validation": validation,
         }
+        blank = values["blank_depth"]
+        if blank.any():
+            kept = {key: value[~blank] for key, value in values.items()}
+            report_domains[data.name]["without_blank_depth"] = {
+                "excluded": int(blank.sum()),
+                **auroc_entries(kept, image_goal, pixel_goal),
+            }
     return {
         "bundle": str(bundle.root),
         "fold_max_abs_diff": fold_diff,

@@ -135,3 +135,30 @@ def test_verify_cli_fallback_reports_who_serves_each_domain(
     served = json.loads(capsys.readouterr().out)["served_by"]
     entry = json.loads((bundle / "manifest.json").read_text())["domains"][KEPT]
     assert served == {KEPT: entry["graph"]} and entry["graph"] in {"frozen", "dynamic"}
+
+
+def test_verify_tells_a_loss_confined_to_blank_depth_samples_apart() -> None:
+    """A frozen map hot all over on one blank-depth defect (empty mask) sinks pixel AUROC over every sample;
+    without that sample, the frozen graph matches per-sample routing."""
+    from export.verify import auroc_entries
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 8, 8), bool)
+    masks[1, 2:4, 2:4] = True
+    per_sample = rng.uniform(0, 0.5, (4, 8, 8)) + 2 * masks
+    frozen = per_sample.copy()
+    frozen[3] += 5.0  # the blank-depth sample: hot everywhere under frozen routing
+    values = {
+        "labels": np.array([0, 1, 0, 1]),
+        "masks": masks,
+        "ps_score": per_sample.max(axis=(1, 2)),
+        "fz_score": frozen.max(axis=(1, 2)),
+        "ps_map": per_sample,
+        "fz_map": frozen,
+    }
+    everything = auroc_entries(values, image_goal=0.005, pixel_goal=0.002)
+    assert not everything["pixel_auroc"]["within_goal"]
+    kept = {key: value[:3] for key, value in values.items()}
+    clean = auroc_entries(kept, image_goal=0.005, pixel_goal=0.002)
+    assert clean["pixel_auroc"]["within_goal"] and clean["image_auroc"]["within_goal"]
+    assert clean["pixel_auroc"]["per_sample"] == clean["pixel_auroc"]["frozen"] == 1.0
