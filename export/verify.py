@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_AUROC_GOAL = 0.005  # 0.5 points
 PIXEL_AUROC_GOAL = 0.002  # 0.2 points
+# What verify keeps of every test sample: ps_ = torch per-sample routing, fz_ = frozen graph, dy_ = dynamic graph.
+COLLECTED = ("labels", "masks", "blank_depth", "ps_score", "ps_map", "fz_score", "fz_map", "dy_score")
 
 
 def _max_diff(current: float, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
@@ -171,19 +173,7 @@ def verify(
         statistics = None if statistics is None else statistics.as_batch()
         domain = torch.tensor([spec.index])
         refs = data.test_refs()
-        collected: dict[str, list[np.ndarray]] = {
-            key: []
-            for key in (
-                "labels",
-                "masks",
-                "blank_depth",
-                "ps_score",
-                "ps_map",
-                "fz_score",
-                "fz_map",
-                "dy_score",
-            )
-        }
+        collected: dict[str, list[np.ndarray]] = {key: [] for key in COLLECTED}
         for batch in batches(data, refs, model.config, batch_size):
             images = batch.images
             count, slots = images.shape[:2]
