@@ -170,12 +170,16 @@ def fit_validation(
                     model, normal_image_batches(train, indices, batch_size, device)
                 )
             batched = None if statistics is None else statistics.as_batch()
-            maps = [
-                anomaly_maps(model(images), config, batched)
-                for images in normal_image_batches(train, indices, batch_size, device)
+            # Only the scores of each batch are kept, not its S x S maps.
+            per_batch = [
+                (maps.image_score.float().cpu().numpy(), maps.modality_scores.float().cpu().numpy())
+                for maps in (
+                    anomaly_maps(model(images), config, batched)
+                    for images in normal_image_batches(train, indices, batch_size, device)
+                )
             ]
-            scores = np.concatenate([batch.image_score.float().cpu().numpy() for batch in maps])
-            modality_scores = np.concatenate([batch.modality_scores.float().cpu().numpy() for batch in maps])
+            scores = np.concatenate([image for image, _ in per_batch])
+            modality_scores = np.concatenate([modality for _, modality in per_batch])
             threshold = quantile_threshold(scores, target_fpr)
             fitted[name] = Validation(
                 split,
